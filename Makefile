@@ -1,0 +1,31 @@
+# The two commands of the README: `make demo` and `make test`. Each builds .venv by itself.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA ?=
+MINUTES ?= 6
+
+.PHONY: demo test venv clean bench
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first, pinned: a bare requirement could pull a multi-GB CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m seg3d.demo $(if $(DATA),--data $(DATA)) --minutes $(MINUTES)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,48 @@
+"""Building blocks shared by the U-Net variants (MONAI's DynUNet blocks, configured as nnU-Net does)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+NORM = ("INSTANCE", {"affine": True})
+ACT = ("leakyrelu", {"inplace": True, "negative_slope": 0.01})
+
+
+def conv_stage(ndim: int, in_ch: int, out_ch: int, kernel: Sequence[int], stride: Sequence[int]) -> nn.Module:
+    """Two conv–InstanceNorm–LeakyReLU; the first convolution carries the stride."""
+    from monai.networks.blocks.dynunet_block import UnetBasicBlock
+
+    return UnetBasicBlock(ndim, in_ch, out_ch, kernel_size=tuple(kernel), stride=tuple(stride),
+                          norm_name=NORM, act_name=ACT)
+
+
+def upsample(ndim: int, in_ch: int, out_ch: int, stride: Sequence[int]) -> nn.Module:
+    """Transposed convolution whose kernel equals its stride (no overlap, no checkerboard)."""
+    conv = nn.ConvTranspose3d if ndim == 3 else nn.ConvTranspose2d
+    return conv(in_ch, out_ch, kernel_size=tuple(stride), stride=tuple(stride), bias=False)
+
+
+def head(ndim: int, in_ch: int, num_classes: int) -> nn.Module:
+    conv = nn.Conv3d if ndim == 3 else nn.Conv2d
+    return conv(in_ch, num_classes, kernel_size=1, bias=True)
+
+
+def init_weights(module: nn.Module) -> None:
+    """Kaiming-normal for convolutions (LeakyReLU slope 0.01), zero biases."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+            nn.init.kaiming_normal_(m.weight, a=1e-2)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def to_memory_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    if not channels_last:
+        return x
+    return x.contiguous(memory_format=torch.channels_last_3d if x.ndim == 5 else torch.channels_last)

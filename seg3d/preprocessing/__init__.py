@@ -1,0 +1,1 @@
+"""Preprocessing shared by training and inference: crop, resample, normalize, cache."""
