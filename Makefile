@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m seg3d.demo $(if $(DATA),--data $(DATA)) --minutes $(MINUTES)
+	$(BIN)/seg3d demo $(if $(DATA),--data $(DATA)) --minutes $(MINUTES)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
