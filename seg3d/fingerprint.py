@@ -303,7 +303,7 @@ def scan_dataset(dataset: Dataset | str | Path, workers: int | None = None, prog
     max_samples = max(1, MAX_TOTAL_SAMPLES // max(1, len(cases)))
     fn = functools.partial(_scan_one, spec=spec_of(ds), max_samples=max_samples)
     measured = []
-    for case_problems, m in map_cases(fn, items, workers, progress, "checking and fingerprinting"):
+    for case_problems, m in map_cases(fn, items, workers, progress, "cases"):
         problems.extend(case_problems)
         if m is not None:
             measured.append(m)

@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 
 from seg3d.errors import Seg3dError
-from seg3d.io.image import Geometry, read_sitk
+from seg3d.io.image import Geometry
 from seg3d.io.layout import Case, Dataset, load_dataset
+from seg3d.io.niigz import read_sitk_checked
 from seg3d.progress import ProgressFn, report
 
 
@@ -64,9 +65,10 @@ class CaseVoxels:
 @dataclass
 class _Opened:
     path: Path
-    image: Any  # SimpleITK image (kept alive: arrays are views of its buffer)
+    image: Any  # SimpleITK image (kept alive: arrays are views of its buffer); None if unreadable
     geometry: Geometry  # spatial part (4D files: the first three axes)
     four_d: bool  # channels along a 4th axis (True) or as vector components (False) when multi-channel
+    nonfinite: int = 0  # NaN/Inf voxels stored in the file (SimpleITK turns NIfTI ones into 0)
 
 
 def _sitk():
@@ -90,20 +92,28 @@ def _spatial(size, spacing, origin, direction, d: int) -> Geometry:
 def _open(path: Path, role: str, channels: int, problems: list[Problem]) -> _Opened | None:
     """Read ``path`` once (header and voxels) and check its dimensionality.
 
-    ``channels`` > 1 means one multi-channel (MSD 4D) file. Reading header and voxels in one call halves
-    the cost per file: SimpleITK's NIfTI reader parses the header again on every call.
+    ``channels`` > 1 means one multi-channel (MSD 4D) file. Header and voxels come from one call: SimpleITK's
+    NIfTI reader parses the header again on every call. When only the voxels are damaged, the header's
+    geometry is still returned (``image`` None) so that the other files of the case can be compared with it.
     """
     if not path.is_file():
         problems.append(Problem(path, f"missing: {role} not found"))
         return None
+    img, nonfinite = None, 0
     try:
-        img = read_sitk(path)
+        img, nonfinite = read_sitk_checked(path)
+        src = img
+        size, comps = tuple(img.GetSize()), int(img.GetNumberOfComponentsPerPixel())
     except RuntimeError as e:
-        problems.append(_unreadable(path, e))
-        return None
-    size, comps = tuple(img.GetSize()), int(img.GetNumberOfComponentsPerPixel())
+        src = _header(path)
+        if src is None:
+            problems.append(Problem(path, f"not a readable image ({_first_line(e)})"))
+            return None
+        problems.append(Problem(path, f"cannot read the voxels, the file is truncated or corrupt "
+                                      f"({_first_line(e)})"))
+        size, comps = tuple(src.GetSize()), int(src.GetNumberOfComponents())
     dim = len(size)
-    args = (size, img.GetSpacing(), img.GetOrigin(), img.GetDirection())
+    args = (size, src.GetSpacing(), src.GetOrigin(), src.GetDirection())
     if channels == 1:
         if comps != 1:
             problems.append(Problem(path, f"{role} has {comps} components per voxel (vector/RGB image); "
@@ -115,35 +125,35 @@ def _open(path: Path, role: str, channels: int, problems: list[Problem]) -> _Ope
         elif dim != 3:
             problems.append(Problem(path, f"{role} is a {dim}D image (size {size}); expected 3D"))
         else:
-            return _Opened(path, img, _spatial(*args, 3), False)
+            return _Opened(path, img, _spatial(*args, 3), False, nonfinite)
         return None
     if dim == 4 and size[3] == channels and comps == 1:
-        return _Opened(path, img, _spatial(*args, 3), True)
+        return _Opened(path, img, _spatial(*args, 3), True, nonfinite)
     if dim == 3 and comps == channels:
-        return _Opened(path, img, _spatial(*args, 3), False)
+        return _Opened(path, img, _spatial(*args, 3), False, nonfinite)
     got = f"{dim}D, size {size}" + (f", {comps} components" if comps > 1 else "")
     problems.append(Problem(path, f"{role}: expected a 4D image holding {channels} channels (dataset.json "
                                   f"'modality'), got {got}"))
     return None
 
 
-def _unreadable(path: Path, e: Exception) -> Problem:
-    """Tell "not an image at all" from "header fine, voxel data truncated or corrupt"."""
+def _header(path: Path):
+    """A reader holding the header of ``path``, or None when even the header is unreadable."""
     reader = _sitk().ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
-    except RuntimeError as e2:
-        return Problem(path, f"not a readable image ({_first_line(e2)})")
-    return Problem(path, f"cannot read the voxels, the file is truncated or corrupt ({_first_line(e)})")
+    except RuntimeError:
+        return None
+    return reader
 
 
-def _check_finite(path: Path, arr: np.ndarray, problems: list[Problem]) -> None:
-    if arr.dtype.kind not in "fc":
-        return
-    bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
+def _check_finite(f: _Opened, arr: np.ndarray, problems: list[Problem]) -> None:
+    bad = f.nonfinite
+    if arr.dtype.kind in "fc":
+        bad = max(bad, arr.size - int(np.count_nonzero(np.isfinite(arr))))
     if bad:
-        problems.append(Problem(path, f"{bad} voxel(s) are NaN or infinite"))
+        problems.append(Problem(f.path, f"{bad} voxel(s) are NaN or infinite"))
 
 
 def label_value_counts(arr: np.ndarray) -> tuple[dict[float, int], float | None]:
@@ -219,14 +229,16 @@ def inspect_case(case: Case, spec: CaseSpec, labelled: bool = True,
     sitk = _sitk()
     channels: list[np.ndarray] = []
     for f in opened:
+        if f.image is None:
+            continue
         arr = sitk.GetArrayViewFromImage(f.image)
-        _check_finite(f.path, arr, problems)
+        _check_finite(f, arr, problems)
         if case.four_d:
             channels += list(arr if f.four_d else np.moveaxis(arr, -1, 0))
         else:
             channels.append(arr)
     label_arr, counts = None, {}
-    if lab is not None:
+    if lab is not None and lab.image is not None:
         label_arr = sitk.GetArrayViewFromImage(lab.image)
         counts = _check_label(lab.path, label_arr, spec, problems)
     if problems or not keep_voxels or ref is None:
@@ -307,7 +319,7 @@ def check_dataset(dataset: Dataset | str | Path, workers: int | None = None,
     spec = spec_of(ds)
     items = [(c, True) for c in unique_cases(ds.cases)] + [(c, False) for c in expected_test_cases(ds)]
     for case_problems in map_cases(functools.partial(_check_one, spec=spec), items, workers, progress,
-                                   "checking"):
+                                   "cases"):
         problems.extend(case_problems)
     return problems
 

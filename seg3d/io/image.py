@@ -13,11 +13,7 @@ Conventions used everywhere in seg3d:
 """
 from __future__ import annotations
 
-import gzip
 import itertools
-import os
-import tempfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +21,7 @@ import numpy as np
 
 from seg3d.atomic import atomic_path
 from seg3d.errors import Seg3dError
+from seg3d.io.niigz import read_sitk
 
 SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -144,42 +141,6 @@ def _first_line(e: Exception) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     # SimpleITK's messages start with a source location; the useful part is usually last.
     return lines[-1] if lines else type(e).__name__
-
-
-_SMALL_GZ_BYTES = 1 << 20
-
-
-def read_sitk(path: str | Path):
-    """``SimpleITK.ReadImage`` (raises RuntimeError like it), faster for small ``.nii.gz`` files.
-
-    SimpleITK's NIfTI reader inflates a gzipped file more than once, a ~3 ms constant per file that dominates
-    for small images (hippocampus: ~4.5 -> ~2.3 ms per file). Small files are therefore inflated here into a
-    temporary ``.nii`` that SimpleITK reads instead: same bytes, same header, same geometry. A damaged gzip
-    falls back to SimpleITK on the original file, so its error message is the one the user sees.
-    """
-    sitk = _sitk()
-    path = Path(path)
-    name = path.name.lower()
-    if name.endswith(".nii.gz") and path.stat().st_size <= _SMALL_GZ_BYTES:
-        try:
-            with gzip.open(path, "rb") as f:
-                data = f.read()
-        except (OSError, EOFError, zlib.error):
-            data = None
-        if data is not None:
-            fd, tmp = tempfile.mkstemp(suffix=".nii")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                reader = sitk.ImageFileReader()
-                reader.SetFileName(tmp)
-                reader.SetImageIO("NiftiImageIO")
-                return reader.Execute()
-            except RuntimeError:
-                pass  # let SimpleITK read the original and report on it
-            finally:
-                os.unlink(tmp)
-    return sitk.ReadImage(str(path))
 
 
 def read_image(path: str | Path) -> Image:
