@@ -171,9 +171,7 @@ def _load_nnunet(root: Path, meta: dict, meta_path: Path) -> Dataset:
         Case(cid, tuple(images_dir / f"{cid}_{c:04d}{ending}" for c in range(len(channels))),
              labels_dir / f"{cid}{ending}")
         for cid in ids)
-    n = meta.get("numTraining")
-    if n is not None and isinstance(n, int) and n != len(cases):
-        problems.append(f"{meta_path}: numTraining is {n} but imagesTr/ holds {len(cases)} case(s)")
+    problems += _num_training_problems(meta, meta_path, len(cases), "imagesTr/ holds")
     test_cases = _list_unlabelled(root / "imagesTs", ending, len(channels))
     return Dataset(root, str(meta.get("name", root.name)), "nnunetv2", channels, labels, ending, cases,
                    test_cases, tuple(problems))
@@ -207,6 +205,17 @@ def group_channel_files(folder: Path, num_channels: int, ending: str | None = No
     return out
 
 
+def _num_training_problems(meta: dict, meta_path: Path, found: int, where: str) -> list[str]:
+    n = meta.get("numTraining")
+    if n is None:
+        return []
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        return [f"{meta_path}: numTraining must be a whole number, got {n!r}"]
+    if n != found:
+        return [f"{meta_path}: numTraining is {n} but {where} {found} case(s)"]
+    return []
+
+
 def _load_msd(root: Path, meta: dict, meta_path: Path) -> Dataset:
     channels = _parse_channels(meta["modality"], meta_path, "modality")
     if "labels" not in meta:
@@ -218,18 +227,25 @@ def _load_msd(root: Path, meta: dict, meta_path: Path) -> Dataset:
     problems: list[str] = []
     cases = []
     for i, entry in enumerate(training):
-        if not isinstance(entry, dict) or "image" not in entry:
-            problems.append(f"{meta_path}: training[{i}] has no 'image'")
+        if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
+            problems.append(f"{meta_path}: training[{i}] has no 'image' file name")
+            continue
+        if entry.get("label") is not None and not isinstance(entry["label"], str):
+            problems.append(f"{meta_path}: training[{i}] 'label' is not a file name")
             continue
         img = (root / entry["image"]).resolve()
         lab = (root / entry["label"]).resolve() if entry.get("label") else None
         ending = _ending_of(img.name) or ".nii.gz"
         cases.append(Case(img.name[: -len(ending)], (img,), lab, four_d=len(channels) > 1))
-    n = meta.get("numTraining")
-    if isinstance(n, int) and n != len(cases):
-        problems.append(f"{meta_path}: numTraining is {n} but 'training' lists {len(cases)} case(s)")
+    problems += _num_training_problems(meta, meta_path, len(training), "'training' lists")
     test = []
-    for item in meta.get("test", []) or []:
+    test_list = meta.get("test") or []
+    if not isinstance(test_list, list):
+        problems.append(f"{meta_path}: 'test' must be a list of file names")
+        test_list = []
+    for i, item in enumerate(test_list):
+        if not isinstance(item, str):
+            problems.append(f"{meta_path}: test[{i}] is not a file name")
         img = (root / item).resolve() if isinstance(item, str) else None
         if img is not None:
             ending = _ending_of(img.name) or ".nii.gz"
