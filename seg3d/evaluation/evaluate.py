@@ -120,6 +120,13 @@ def _safe_pair(args) -> dict:
         return {"error": str(e)}
 
 
+def _worker_init() -> None:
+    """One thread per worker: the processes are the parallelism (no oversubscription on small machines)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def _run(pairs, class_values, tolerance_mm, workers: int, progress: ProgressFn | None) -> list[dict]:
     jobs = [(cid, p, r, class_values, tolerance_mm) for cid, p, r in pairs]
     results: list[dict] = []
@@ -130,9 +137,14 @@ def _run(pairs, class_values, tolerance_mm, workers: int, progress: ProgressFn |
             report(progress, i, len(jobs), job[0])
         return results
     import multiprocessing as mp
+    import sys
 
-    # spawn, not fork: the caller may hold an OpenMP/torch thread pool (e.g. right after training)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+    # Import the metric stack once here so forked workers inherit it instead of each paying seconds for it.
+    import monai.metrics.utils  # noqa: F401
+    import torch  # noqa: F401
+
+    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
         for i, res in enumerate(pool.map(_safe_pair, jobs, chunksize=1), 1):
             if "error" in res:
                 raise Seg3dError(res["error"])

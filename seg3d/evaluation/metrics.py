@@ -33,7 +33,7 @@ CONVENTIONS = (
     "HD95 = max of the 95th percentiles of the two directed surface-distance sets between surface voxels "
     "(MONAI HausdorffDistanceMetric(percentile=95)); surface = voxels removed by a 6-connected erosion.",
     "NSD (normalised surface Dice) at tolerance τ = fraction of both surfaces lying within τ mm of the other "
-    "surface (MONAI SurfaceDiceMetric, voxel-counted surfaces).",
+    "surface (MONAI SurfaceDiceMetric, voxel-counted surfaces); a distance of exactly τ counts as within τ.",
     "Reference and prediction both empty: Dice, IoU, HD95 and NSD are NaN (not applicable) and excluded from "
     "means; such cases are counted as 'both empty'.",
     "Exactly one of them empty (missed structure, or false positive): Dice = IoU = NSD = 0 and included in "
@@ -135,7 +135,9 @@ def surface_distances(pred_mask: np.ndarray, ref_mask: np.ndarray, spacing) -> t
 def hd95_nsd(d_pr: np.ndarray, d_rp: np.ndarray, tolerance_mm: float) -> tuple[float, float]:
     """HD95 and NSD from the two directed distance sets (both non-empty)."""
     hd95 = max(float(np.percentile(d_pr, 95)), float(np.percentile(d_rp, 95)))
-    nsd = (int(np.sum(d_pr <= tolerance_mm)) + int(np.sum(d_rp <= tolerance_mm))) / (d_pr.size + d_rp.size)
+    # MONAI returns float32 distances: a boundary voxel at exactly tau mm (2.4 -> 2.4000001) must still count
+    tol = tolerance_mm * (1 + 1e-6) + 1e-9
+    nsd = (int(np.sum(d_pr <= tol)) + int(np.sum(d_rp <= tol))) / (d_pr.size + d_rp.size)
     return hd95, nsd
 
 

@@ -1,0 +1,253 @@
+"""`seg3d summary`: what a model folder learned, fold by fold, and which model to predict with.
+
+Readers are deliberately tolerant: a fold still training, a missing log or an older summary format gives a
+"–" and a note, never a crash. Fold validation summaries are read in the format ``evaluate_folder`` writes
+(``per_class``/``cases``) and in nnU-Net's style (``mean``/``metric_per_case`` keyed by label value).
+
+Cross-validation (CV) Dice pools every validation case of every fold (each case is validated exactly once),
+as nnU-Net's CV summary does; when only per-fold means exist, it is the case-weighted mean of fold means.
+Comparing models: only label maps are stored per fold, so the ensemble of two models cannot be scored
+honestly (averaging Dice values is not the Dice of averaged probabilities); the summary says so.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+from seg3d.atomic import write_json_atomic, write_text_atomic
+from seg3d.errors import Seg3dError
+
+
+def _load_json(path: Path) -> dict | None:
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _num(v) -> float | None:
+    if isinstance(v, dict):
+        for k in ("dice", "Dice", "dice_mean", "mean"):
+            if k in v:
+                return _num(v[k])
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def _by_name(d: dict, value_to_name: dict[int, str]) -> dict[str, float | None]:
+    """Keys that are label values ("1") become class names; names stay names."""
+    out = {}
+    for k, v in d.items():
+        key = str(k)
+        name = value_to_name.get(int(key)) if key.lstrip("-").isdigit() else key
+        if name is None or name == "background" or key == "0":
+            continue
+        out[name] = _num(v)
+    return out
+
+
+def read_validation(path: Path, value_to_name: dict[int, str]) -> dict:
+    """``{"dice": {class: mean}, "cases": {case: {class: dice}}, "n": cases}`` from a fold's summary.json."""
+    obj = _load_json(path) or {}
+    cases: dict[str, dict] = {}
+    raw_cases = obj.get("cases") or obj.get("metric_per_case") or obj.get("per_case") or []
+    if isinstance(raw_cases, dict):
+        raw_cases = [{"case_id": k, **(v if isinstance(v, dict) else {})} for k, v in raw_cases.items()]
+    for i, c in enumerate(raw_cases if isinstance(raw_cases, list) else []):
+        if not isinstance(c, dict):
+            continue
+        cid = c.get("case_id") or c.get("case") or Path(str(c.get("reference_file", f"case_{i}"))).name
+        per = c.get("classes") or c.get("metrics") or c.get("dice") or \
+            {k: v for k, v in c.items() if k not in ("case_id", "case")}
+        if isinstance(per, dict):
+            cases[str(cid)] = {k: v for k, v in _by_name(per, value_to_name).items()}
+    means: dict[str, float | None] = {}
+    raw_mean = obj.get("per_class") or obj.get("mean") or obj.get("dice_per_class") or obj.get("per_class_dice")
+    if isinstance(raw_mean, dict):
+        means = _by_name(raw_mean, value_to_name)
+    if not means and cases:
+        names = sorted({n for c in cases.values() for n in c})
+        means = {n: _mean([c.get(n) for c in cases.values()]) for n in names}
+    n = len(cases) or obj.get("num_cases") or obj.get("n_cases")
+    return {"dice": means, "cases": cases, "n": n if isinstance(n, int) else None}
+
+
+def _mean(values) -> float | None:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(vals) / len(vals) if vals else None
+
+
+def read_training_log(fold_dir: Path) -> dict:
+    """Epochs and training time from ``log.csv`` (columns named epoch / *time* / *elapsed*), if present."""
+    path = fold_dir / "log.csv"
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return {}
+    if not rows:
+        return {}
+    out: dict = {"epochs": len(rows)}
+    cols = list(rows[0])
+    ep = next((c for c in cols if c.strip().lower() == "epoch"), None)
+    if ep is not None:
+        vals = [_num(r.get(ep)) for r in rows]
+        vals = [v for v in vals if v is not None]
+        if vals:
+            out["epochs"] = int(max(vals)) + (1 if min(vals) == 0 else 0)
+    elapsed = next((c for c in cols if "elapsed" in c.lower() or "wall" in c.lower()), None)
+    per_epoch = next((c for c in cols if c.lower() in ("epoch_time_s", "epoch_time", "time_s", "duration_s",
+                                                       "seconds", "time")), None)
+    if elapsed is not None:
+        vals = [_num(r.get(elapsed)) for r in rows]
+        vals = [v for v in vals if v is not None]
+        out["training_time_s"] = max(vals) if vals else None
+    elif per_epoch is not None:
+        vals = [_num(r.get(per_epoch)) for r in rows]
+        out["training_time_s"] = sum(v for v in vals if v is not None)
+    return out
+
+
+def read_postprocessing(model_dir: Path, value_to_name: dict[int, str]) -> dict[str, str]:
+    """Per-class decision from ``postprocessing.json``, as ``on``/``off`` (tolerant of its exact format)."""
+    obj = _load_json(model_dir / "postprocessing.json")
+    if obj is None:
+        return {}
+    raw = obj.get("per_class") or obj.get("classes") or obj.get("decisions") or obj
+    out = {}
+    if isinstance(raw, list):  # a list of class values/names the rule applies to
+        for name in value_to_name.values():
+            out[name] = "off"
+        for v in raw:
+            name = value_to_name.get(int(v)) if str(v).isdigit() else str(v)
+            if name:
+                out[name] = "on"
+        return out
+    if not isinstance(raw, dict):
+        return {}
+    for k, v in raw.items():
+        key = str(k)
+        name = value_to_name.get(int(key)) if key.isdigit() else key
+        if name is None or name not in value_to_name.values():
+            continue
+        flag = v.get("apply", v.get("enabled", v.get("remove_small_components"))) if isinstance(v, dict) else v
+        out[name] = "on" if flag is True else "off" if flag is False else str(flag)
+    return out
+
+
+def _labels(model_dir: Path) -> dict[str, int]:
+    plans = _load_json(model_dir / "plans.json") or {}
+    labels = plans.get("labels")
+    if isinstance(labels, dict):
+        try:
+            return {str(k): int(v) for k, v in labels.items()}
+        except (TypeError, ValueError):
+            pass
+    return {}
+
+
+def summarize_model(model_dir: str | Path) -> dict:
+    """Folds, CV Dice per class, post-processing, epochs and time of one model folder."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise Seg3dError("model folder not found", model_dir)
+    fold_dirs = sorted((d for d in model_dir.glob("fold_*") if d.is_dir()),
+                       key=lambda d: (not d.name[5:].isdigit(), int(d.name[5:]) if d.name[5:].isdigit() else 0))
+    if not fold_dirs:
+        raise Seg3dError("no fold_K/ folders: is this a seg3d model folder?", model_dir)
+    labels = _labels(model_dir)
+    value_to_name = {v: n for n, v in labels.items() if v != 0}
+    info = _load_json(model_dir / "model.json") or {}
+    name = " ".join(str(info[k]) for k in ("config", "arch") if info.get(k)) or model_dir.name
+    notes, folds, pooled = [], [], {}
+    for d in fold_dirs:
+        entry: dict = {"fold": d.name[5:], "dice": {}, "mean_dice": None, "n_cases": None}
+        vpath = d / "validation" / "summary.json"
+        if vpath.is_file():
+            val = read_validation(vpath, value_to_name)
+            entry.update(dice=val["dice"], mean_dice=_mean(val["dice"].values()), n_cases=val["n"])
+            if d.name != "fold_all":  # trained on everything: its "validation" is not cross-validation
+                pooled.update({f"{d.name}/{k}": v for k, v in val["cases"].items()})
+        else:
+            notes.append(f"{d.name}: no validation/summary.json (training not finished?)")
+        entry.update(read_training_log(d))
+        folds.append(entry)
+    classes = list(value_to_name.values()) or sorted({c for f in folds for c in f["dice"]})
+    cv_folds = [f for f in folds if f["fold"] != "all" and f["dice"]]
+    if pooled:
+        cv = {c: _mean([case.get(c) for case in pooled.values()]) for c in classes}
+    else:
+        cv = {}
+        for c in classes:
+            pairs = [(f["dice"].get(c), f.get("n_cases") or 1) for f in cv_folds if f["dice"].get(c) is not None]
+            cv[c] = sum(v * w for v, w in pairs) / sum(w for _, w in pairs) if pairs else None
+    if len(cv_folds) < 5:
+        notes.append(f"cross-validation covers {len(cv_folds)} fold(s) with validation results; "
+                     "the CV Dice is over those folds' validation cases only")
+    return {"name": name, "model_dir": str(model_dir), "classes": classes, "folds": folds,
+            "cv": {"dice": cv, "mean_dice": _mean(cv.values()), "n_cases": len(pooled) or None},
+            "postprocessing": read_postprocessing(model_dir, value_to_name), "notes": notes}
+
+
+def summarize_models(model_dirs) -> dict:
+    """Summaries of several model folders and a recommendation (best CV foreground-mean Dice)."""
+    models = [summarize_model(d) for d in model_dirs]
+    scored = [m for m in models if m["cv"]["mean_dice"] is not None]
+    rec = []
+    if not scored:
+        rec.append("No cross-validation results yet: nothing to recommend.")
+    else:
+        best = max(scored, key=lambda m: m["cv"]["mean_dice"])
+        rec.append(f"Use {best['name']} ({best['model_dir']}): CV mean Dice {best['cv']['mean_dice']:.4f}.")
+        for m in scored:
+            if m is not best:
+                diff = best["cv"]["mean_dice"] - m["cv"]["mean_dice"]
+                rec.append(f"  vs {m['name']}: {m['cv']['mean_dice']:.4f} ({diff:+.4f} for the recommended model"
+                           f"{'; within noise, prefer the cheaper model if it is faster' if diff < 0.002 else ''}).")
+        if len(scored) > 1:
+            rec.append("Ensemble of these models: not scored. Only label maps are kept from cross-validation, "
+                       "and the Dice of an ensemble needs the averaged probabilities of each validation case; "
+                       "averaging the models' Dice values would not be an honest estimate.")
+    return {"models": models, "recommendation": rec}
+
+
+def _f(v) -> str:
+    return "–" if v is None else f"{v:.4f}"
+
+
+def summary_markdown(res: dict) -> str:
+    L = ["# seg3d model summary", ""]
+    for m in res["models"]:
+        cls = m["classes"]
+        L += [f"## {m['name']}", "", f"`{m['model_dir']}`", "",
+              "| fold | " + " | ".join(cls) + " | mean | epochs | training time | progress |",
+              "|---|" + "---|" * (len(cls) + 4)]
+        for f in m["folds"]:
+            t = f.get("training_time_s")
+            prog = Path(m["model_dir"]) / f"fold_{f['fold']}" / "progress.png"
+            link = f"[progress.png]({prog})" if prog.is_file() else "–"
+            L.append(f"| {f['fold']} | " + " | ".join(_f(f["dice"].get(c)) for c in cls) +
+                     f" | {_f(f['mean_dice'])} | {f.get('epochs', '–')} | "
+                     f"{'–' if t is None else f'{t / 60:.1f} min'} | {link} |")
+        L.append("| **CV** | " + " | ".join(_f(m["cv"]["dice"].get(c)) for c in cls) +
+                 f" | **{_f(m['cv']['mean_dice'])}** | | | |")
+        if m["postprocessing"]:
+            L.append("| post-processing | " + " | ".join(m["postprocessing"].get(c, "–") for c in cls) +
+                     " | | | | |")
+        L += [""] + [f"- note: {n}" for n in m["notes"]] + [""]
+    L += ["## Recommendation", ""] + [f"{line}" for line in res["recommendation"]] + [""]
+    return "\n".join(L)
+
+
+def write_summary(res: dict, out_dir: str | Path) -> list[Path]:
+    out_dir = Path(out_dir)
+    write_json_atomic(out_dir / "summary.json", res)
+    write_text_atomic(out_dir / "summary.md", summary_markdown(res))
+    return [out_dir / "summary.json", out_dir / "summary.md"]
