@@ -1,9 +1,10 @@
 """Dataset checks that report *every* problem at once, each naming the file and what is wrong.
 
-A case is inspected by :func:`inspect_case`: the headers of all its files first (existence, readability,
-dimensionality, geometry agreement), then the voxels of each file exactly once (corrupt data, NaN/Inf in
-images, non-integer or undeclared label values). The voxels it read are handed back, so the fingerprint
-(:func:`seg3d.fingerprint.scan_dataset`) checks and measures a dataset in a single pass over the files.
+A case is inspected by :func:`inspect_case`: each of its files is read exactly once (header and voxels in
+one SimpleITK call, which costs half of a header read followed by a voxel read), then checked: existence,
+readability, dimensionality, geometry agreement between channels and label, corrupt or truncated data,
+NaN/Inf in images, non-integer or undeclared label values. The voxels it read are handed back, so the
+fingerprint (:func:`seg3d.fingerprint.scan_dataset`) checks and measures a dataset in a single pass.
 Cases run in worker processes (:func:`map_cases`), one case in memory per worker.
 """
 from __future__ import annotations
