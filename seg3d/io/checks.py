@@ -105,7 +105,7 @@ def _open(path: Path, role: str, channels: int, problems: list[Problem]) -> _Ope
         img, nonfinite = read_sitk_checked(path)
         src = img
         size, comps = tuple(img.GetSize()), int(img.GetNumberOfComponentsPerPixel())
-    except RuntimeError as e:
+    except (RuntimeError, OSError) as e:  # OSError: e.g. no permission to read the file
         src = _header(path)
         if src is None:
             problems.append(Problem(path, f"not a readable image ({_first_line(e)})"))

@@ -58,21 +58,9 @@ def _read(path: Path, count: bool):
             data = gzip.decompress(path.read_bytes())  # checks every member's CRC and length
         except _GZ_ERRORS as e:
             raise RuntimeError(f"gzip: {e}") from None
-        fd, tmp = tempfile.mkstemp(suffix=".nii")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            reader = sitk.ImageFileReader()
-            reader.SetFileName(tmp)
-            reader.SetImageIO("NiftiImageIO")
-            try:
-                img = reader.Execute()
-            except RuntimeError:
-                img = None  # not NIfTI inside after all: SimpleITK reports on the original below
-        finally:
-            os.unlink(tmp)
-        if img is None:
-            return sitk.ReadImage(str(path)), 0
+        img = _read_inflated(data)
+        if img is None:  # SimpleITK reads (and reports on) the original, only slower
+            img = sitk.ReadImage(str(path))
         return img, (_nonfinite_in_bytes(data) if count else 0)
     img = sitk.ReadImage(str(path))
     if gz and _length_mismatch(path) and _inflate_fails(path):
@@ -80,6 +68,30 @@ def _read(path: Path, count: bool):
     if count and nifti:
         return img, _nonfinite_in_file(path, gz)
     return img, 0
+
+
+def _read_inflated(data: bytes):
+    """SimpleITK image of inflated NIfTI bytes via a temporary .nii, or None when that is not possible."""
+    import SimpleITK as sitk
+
+    try:
+        fd, tmp = tempfile.mkstemp(prefix="seg3d-", suffix=".nii")
+    except OSError:  # no writable temporary folder
+        return None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(tmp)
+        reader.SetImageIO("NiftiImageIO")
+        return reader.Execute()
+    except (OSError, RuntimeError):  # disk full, or not NIfTI inside after all
+        return None
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 def _is_gzip(path: Path) -> bool:
