@@ -210,9 +210,9 @@ def measure_case(case_id: str, vox: CaseVoxels, max_samples: int) -> _Measured:
     return _Measured(cf, tuple(samples), tuple(moments))
 
 
-def _scan_one(item: tuple[Case, bool], spec: CaseSpec, max_samples: int):
+def _scan_one(item: tuple[Case, bool], spec: CaseSpec, max_samples: int, measure: bool = True):
     case, labelled = item
-    problems, vox = inspect_case(case, spec, labelled=labelled, keep_voxels=labelled)
+    problems, vox = inspect_case(case, spec, labelled=labelled, keep_voxels=labelled and measure)
     if problems or vox is None:
         return problems, None
     return [], measure_case(case.case_id, vox, max_samples)
@@ -301,7 +301,7 @@ def scan_dataset(dataset: Dataset | str | Path, workers: int | None = None, prog
     cases = unique_cases(ds.cases)
     items = [(c, True) for c in cases] + [(c, False) for c in expected_test_cases(ds)]
     max_samples = max(1, MAX_TOTAL_SAMPLES // max(1, len(cases)))
-    fn = functools.partial(_scan_one, spec=spec_of(ds), max_samples=max_samples)
+    fn = functools.partial(_scan_one, spec=spec_of(ds), max_samples=max_samples, measure=not problems)
     measured = []
     for case_problems, m in map_cases(fn, items, workers, progress, "cases"):
         problems.extend(case_problems)

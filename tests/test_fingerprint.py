@@ -187,3 +187,9 @@ def test_hippocampus_fingerprint(hippocampus_dir, tmp_path):
     assert 30 <= fp.median_shape[0] <= 40 and fp.median_relative_cropped_size <= 1.0
     s = fp.channel_stats[0]
     assert s.min <= s.p00_5 <= s.median <= s.p99_5 <= s.max and s.std > 0
+
+
+def test_layout_problem_stops_the_fingerprint(ds):
+    shutil.rmtree(ds / "labelsTr")
+    problems, fp = scan_dataset(ds, workers=0)
+    assert fp is None and len(problems) == 1 and "labelsTr" in str(problems[0])

@@ -215,7 +215,7 @@ def inspect_case(case: Case, spec: CaseSpec, labelled: bool = True,
         if case.label is None:
             problems.append(Problem(case.images[0] if case.images else None,
                                     f"case '{case.case_id}' has no label (missing 'label' in dataset.json)"))
-        else:
+        elif case.label.parent.is_dir():  # a missing labelsTr/ is one layout problem, not one per case
             lab = _open(case.label, f"label of case '{case.case_id}'", 1, problems)
     ref = opened[0] if opened else None
     for f in opened[1:]:
@@ -242,7 +242,7 @@ def inspect_case(case: Case, spec: CaseSpec, labelled: bool = True,
     if lab is not None and lab.image is not None:
         label_arr = sitk.GetArrayViewFromImage(lab.image)
         counts = _check_label(lab.path, label_arr, spec, problems)
-    if problems or not keep_voxels or ref is None:
+    if problems or not keep_voxels or ref is None or (labelled and label_arr is None):
         return problems, None
     keep = tuple(f.image for f in opened) + ((lab.image,) if lab is not None else ())
     return problems, CaseVoxels(channels, label_arr, ref.geometry, counts, keep)

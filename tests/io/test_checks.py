@@ -281,3 +281,15 @@ def test_cli_exit_codes(ds):
 
     res = runner.invoke(app, ["check", str(ds / "missing")])
     assert res.exit_code == 1 and "not found" in res.output
+
+
+def test_missing_labels_folder_is_one_problem(ds):
+    shutil.rmtree(ds / "labelsTr")
+    problems = check_dataset(ds, workers=0)
+    assert len(problems) == 1 and "labelsTr" in str(problems[0]), [str(p) for p in problems]
+
+
+def test_empty_file_is_not_readable(ds):
+    p = ds / "imagesTr/phantom_003_0000.nii.gz"
+    p.write_bytes(b"")
+    _find(check_dataset(ds, workers=0), p, ["not a readable image"])
