@@ -197,17 +197,25 @@ def measure_case(case_id: str, vox: CaseVoxels, max_samples: int) -> _Measured:
     samples, moments = [], []
     for ch in channels:
         values = crop(ch, bbox)[fg]
-        if n_fg:
-            mean = float(np.mean(values, dtype=np.float64))
-            m2 = float(np.sum(np.square(values.astype(np.float64) - mean)))
-            moments.append((n_fg, mean, m2, float(values.min()), float(values.max())))
-        else:
-            moments.append((0, 0.0, 0.0, np.inf, -np.inf))
+        moments.append(_moments(values))
         samples.append((values if idx is None else values[idx]).astype(np.float32))
     cropped = tuple(b - a for a, b in bbox)
     cf = CaseFingerprint(case_id, geo.spacing_zyx, geo.shape, cropped,
                          {int(k): int(v) for k, v in sorted(vox.label_counts.items())})
     return _Measured(cf, tuple(samples), tuple(moments))
+
+
+def _moments(values: np.ndarray) -> tuple[int, float, float, float, float]:
+    """n, mean, sum of squared deviations, min, max; float64 in slabs (no full float64 copy of a big CT)."""
+    n = int(values.size)
+    if n == 0:
+        return 0, 0.0, 0.0, np.inf, -np.inf
+    mean = float(np.mean(values, dtype=np.float64))
+    m2 = 0.0
+    for s in range(0, n, 1 << 22):
+        d = values[s:s + (1 << 22)].astype(np.float64) - mean
+        m2 += float(np.dot(d, d))
+    return n, mean, m2, float(values.min()), float(values.max())
 
 
 def _scan_one(item: tuple[Case, bool], spec: CaseSpec, max_samples: int, measure: bool = True):
