@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -58,10 +59,13 @@ def main() -> None:
         runs["nnU-Net extract_fingerprint --verify_dataset_integrity"] = \
             [fp, "-d", dataset_id, "-np", str(args.workers), "--clean", "--verify_dataset_integrity"]
     times: dict[str, list[float]] = {k: [] for k in runs}
-    for rep in range(args.reps):  # interleaved: a load spike hits both tools alike
-        for name, cmd in runs.items():
-            times[name].append(_run(cmd, env))
-            print(f"rep {rep}: {name}: {times[name][-1]:.2f} s", flush=True)
+    try:
+        for rep in range(args.reps):  # interleaved: a load spike hits both tools alike
+            for name, cmd in runs.items():
+                times[name].append(_run(cmd, env))
+                print(f"rep {rep}: {name}: {times[name][-1]:.2f} s", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"\n{ds.name}, {args.workers} worker(s), {args.reps} interleaved reps, median wall seconds")
     for k, v in med.items():
