@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 BBox = tuple[tuple[int, int], ...]  # per axis (start, stop)
 
 
 def nonzero_mask(data: np.ndarray) -> np.ndarray:
     """Voxels where any channel is nonzero, with holes filled (so dark structures inside stay in)."""
+    from scipy import ndimage  # imported here: costs ~0.25 s, and `seg3d plan` may never need it
+
     mask = np.any(data != 0, axis=0)
     return ndimage.binary_fill_holes(mask)
 
