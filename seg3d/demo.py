@@ -64,7 +64,8 @@ def _held_out_folders(dataset_dir: Path, model_dir: Path, work: Path) -> tuple[P
 
 
 def run_demo(out_dir: str | Path = "demo_output", data: str | Path | None = None, minutes: float = 6.0,
-             preset: str = "cpu", workers: int | None = None, num_phantoms: int = 20,
+             preset: str = "cpu", workers: int | None = None, num_phantoms: int = 20, num_test: int = 6,
+             phantom_shape: tuple[int, int, int] = (20, 64, 64),
              log: LogFn = lambda s: None, progress_factory: Callable[[str], ProgressFn | None] | None = None,
              device: str = "auto") -> DemoResult:
     """Run the whole pipeline and return where everything went and the evaluation summary."""
@@ -84,8 +85,9 @@ def run_demo(out_dir: str | Path = "demo_output", data: str | Path | None = None
 
         dataset_dir = out / "Dataset900_Phantom"
         if not (dataset_dir / "dataset.json").is_file():
-            log(f"generating {num_phantoms} phantom training cases and 6 held-out cases in {dataset_dir}")
-            make_phantom_dataset(dataset_dir, num_cases=num_phantoms, num_test=6, seed=0)
+            log(f"generating {num_phantoms} phantom training cases and {num_test} held-out cases in {dataset_dir}")
+            make_phantom_dataset(dataset_dir, num_cases=num_phantoms, num_test=num_test, seed=0,
+                                 shape=phantom_shape)
         fold: int | str = "all"
     else:
         dataset_dir = Path(data)
