@@ -33,6 +33,8 @@ def init_weights(module: nn.Module) -> None:
     """Kaiming-normal for convolutions (LeakyReLU slope 0.01), zero biases."""
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+            if m.weight.is_meta:  # planner's memory count: no values to set (and normal_ on meta costs 3 s)
+                continue
             nn.init.kaiming_normal_(m.weight, a=1e-2)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
