@@ -112,3 +112,11 @@ def _meta_network(topology: Topology, ndim: int, in_channels: int, num_classes: 
     with torch.device("meta"):
         net = build_network(cfg, in_channels, num_classes, arch=arch, deep_supervision=True)
     return net.train()
+
+
+def warm_up() -> None:
+    """Pay the estimate's one-time costs (importing torch and MONAI, and torch._dynamo, which the meta
+    device's Python decompositions of InstanceNorm import on first use: ~8 s together on a slow CPU) with a
+    tiny network, e.g. in a thread while the dataset is fingerprinted by worker processes."""
+    tiny = Topology(((3, 3, 3), (3, 3, 3)), ((1, 1, 1), (2, 2, 2)), (2, 4))
+    estimate_training_memory(tiny, (8, 8, 8), 1, 1, 2, "fp16")

@@ -6,6 +6,7 @@ can be tested on hand-built fingerprints; :func:`plan_dataset` adds the dataset 
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,31 @@ def plan_from_fingerprint(fp, preset: Preset | str = "8gb", progress: ProgressFn
     return plan
 
 
+class _WarmUp:
+    """Imports torch/MONAI for the memory estimate in a thread while workers fingerprint the dataset."""
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.thread is None:
+            from seg3d.planning.memory import warm_up
+
+            self.thread = threading.Thread(target=_quietly, args=(warm_up,), daemon=True)
+            self.thread.start()
+
+    def join(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+
+
+def _quietly(fn) -> None:
+    try:
+        fn()
+    except Exception:  # noqa: BLE001 - the real estimate runs again in the main thread and reports errors
+        pass
+
+
 def plan_dataset(dataset_dir: str | Path, out_dir: str | Path, preset: str = "8gb",
                  gpu_memory_gb: float | None = None, workers: int | None = None,
                  progress: ProgressFn | None = None) -> Plan:
@@ -87,8 +113,18 @@ def plan_dataset(dataset_dir: str | Path, out_dir: str | Path, preset: str = "8g
 
     chosen = load_preset(preset, gpu_memory_gb)  # a bad preset fails before any file is read
     out = Path(out_dir)
-    problems, fp = scan_dataset(dataset_dir, workers=workers, progress=progress,
-                                cache_path=out / "fingerprint.json")
+    warm = _WarmUp()
+
+    def scanning(done: int, total: int, message: str = "") -> None:
+        if done >= 1:  # the worker processes exist by now (all forked at once): no fork happens under the thread
+            warm.start()
+        report(progress, done, total, message)
+
+    try:
+        problems, fp = scan_dataset(dataset_dir, workers=workers, progress=scanning,
+                                    cache_path=out / "fingerprint.json")
+    finally:
+        warm.join()
     if fp is None:
         raise problems_error(problems, Path(dataset_dir))
     plan = plan_from_fingerprint(fp, chosen, progress=progress)
