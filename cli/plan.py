@@ -42,6 +42,11 @@ def register(app: typer.Typer) -> None:
         for note in result.notes:
             console.print(f"[yellow]note:[/] {note}", highlight=False)
         out.print(f"wrote {output / 'plans.json'} and {output / 'fingerprint.json'}", highlight=False)
+        # Everything left lives until exit: moving it out of the collector's reach spares the collections
+        # that interpreter shutdown triggers over torch/MONAI's millions of objects (measured 0.4 s vs 2 s).
+        import gc
+
+        gc.freeze()
 
 
 def plan_table(plan):
