@@ -1,0 +1,116 @@
+"""`seg3d predict` (a folder of cases) and `seg3d decide-postprocessing` (from cross-validation)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from seg3d.cli.common import console, guarded, out, progress_bar
+
+FAST_STEP = 0.75  # --fast: no mirroring and fewer overlapping windows (Dice cost in benchmarks/RESULTS.md)
+
+
+def parse_folds(folds: Optional[list[str]]):
+    if not folds or folds == ["all-available"] or folds == ["all_available"]:
+        return "all-available"
+    for f in folds:
+        if not (f.isdigit() or f == "all"):
+            from seg3d.errors import Seg3dError
+
+            raise Seg3dError(f"--folds takes fold numbers (0 1 2 ...), 'all' or 'all-available', got '{f}'")
+    return folds
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+    def predict(
+        ctx: typer.Context,
+        input_dir: Path = typer.Option(..., "-i", "--input", help="Folder of images: <case>_0000.nii.gz ... "
+                                       "(or <case>.nii.gz for one-channel models)."),
+        output_dir: Path = typer.Option(..., "-o", "--output", help="Where the masks <case>.nii.gz go."),
+        model_dir: Path = typer.Option(..., "-m", "--model", help="A model folder written by `seg3d train`."),
+        config: Optional[str] = typer.Option(None, "--config", help="Configuration (default: the model's)."),
+        folds: Optional[list[str]] = typer.Option(None, "--folds", "-f", help="Fold numbers, or all-available "
+                                                  "(default). Repeat or list: --folds 0 1 2."),
+        tta: bool = typer.Option(True, "--tta/--no-tta", help="Mirroring test-time augmentation."),
+        step: float = typer.Option(0.5, "--step", help="Window step as a fraction of the patch (0.5 = half "
+                                   "overlapping; larger is faster)."),
+        fast: bool = typer.Option(False, "--fast", help=f"No TTA and step {FAST_STEP}: several times faster, "
+                                  "slightly lower Dice."),
+        device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+        save_probabilities: bool = typer.Option(False, "--save-probabilities", help="Also write "
+                                                "<case>.npz with float16 class probabilities."),
+        postprocess: bool = typer.Option(True, "--postprocess/--no-postprocess", help="Apply the "
+                                         "post-processing the model's cross-validation accepted."),
+        continue_: bool = typer.Option(False, "--continue", help="Skip cases whose output already exists "
+                                       "and is complete."),
+        num_parts: int = typer.Option(1, "--num-parts", help="Split the sorted case list into N parts ..."),
+        part_id: int = typer.Option(0, "--part-id", help="... and predict part K (0-based)."),
+        checkpoint: str = typer.Option("final", "--checkpoint", help="final, best or latest."),
+    ) -> None:
+        """Segment every case in a folder; outputs carry each input's exact header."""
+        from seg3d.inference.batch import predict_folder
+
+        # `--folds 0 1 2`: typer takes one value per option, the rest arrive as extra arguments
+        fold_list = list(folds or []) + [a for a in ctx.args if a.isdigit()]
+        stray = [a for a in ctx.args if not a.isdigit()]
+        if stray:
+            console.print(f"[bold red]error:[/] unexpected argument(s): {' '.join(stray)}")
+            raise typer.Exit(2)
+        if fast:
+            tta, step = False, max(step, FAST_STEP)
+
+        def run():
+            with progress_bar("predict") as bar:
+                return predict_folder(input_dir, output_dir, model_dir, folds=parse_folds(fold_list), tta=tta,
+                                      step=step, device=device, save_probabilities=save_probabilities,
+                                      postprocess=postprocess, continue_=continue_, num_parts=num_parts,
+                                      part_id=part_id, progress=bar, config=config, checkpoint=checkpoint)
+
+        summary = guarded(run)
+        _print_summary(summary)
+        if summary["failed"]:
+            raise typer.Exit(1)
+
+    @app.command("decide-postprocessing")
+    def decide(
+        model_dir: Path = typer.Option(..., "-m", "--model", help="A model folder with fold_K/validation/."),
+        dataset_dir: Optional[Path] = typer.Option(None, "-d", "--dataset", help="The dataset folder with "
+                                                   "the reference labels (default: the one in the plan)."),
+        fraction: float = typer.Option(1 / 3, "--fraction", help="Drop components smaller than this "
+                                       "fraction of the class's largest."),
+        min_volume: float = typer.Option(0.0, "--min-volume-mm3", help="Also drop components below this "
+                                         "volume."),
+    ) -> None:
+        """Decide per class, on cross-validation predictions, whether the component rule improves Dice."""
+        from rich.table import Table
+
+        from seg3d.postprocessing import decide_postprocessing
+
+        def run():
+            with progress_bar("decide") as bar:
+                return decide_postprocessing(model_dir, dataset_dir, fraction, min_volume, progress=bar)
+
+        rule = guarded(run)
+        table = Table(title="Post-processing on cross-validation (mean Dice)")
+        for col in ("label", "without", "with", "applied"):
+            table.add_column(col)
+        for v, ev in rule.evidence.items():
+            table.add_row(v, f"{ev['dice_before']:.4f}", f"{ev['dice_after']:.4f}",
+                          "yes" if int(v) in rule.classes else "no")
+        out.print(table)
+        out.print(f"written: {model_dir / 'postprocessing.json'}")
+
+
+def _print_summary(summary: dict) -> None:
+    s = summary
+    spc = s.get("seconds_per_case")
+    rate = f", {spc:.2f} s/case" if spc else ""
+    out.print(f"predicted {s['predicted']}, skipped {s['skipped']} (already complete), failed "
+              f"{len(s['failed'])} of {s['total']} case(s) in {s['seconds']:.1f} s{rate}")
+    if s["failed"]:
+        console.print(f"[bold red]{len(s['failed'])} input(s) could not be predicted:[/]")
+        for f in s["failed"]:
+            console.print(f"  {f['error']}", highlight=False, soft_wrap=True)
+    out.print(f"manifest: {s['manifest']}")
