@@ -96,7 +96,7 @@ class _WarmUp:
 def _quietly(fn) -> None:
     try:
         fn()
-    except Exception:  # noqa: BLE001 - the real estimate runs again in the main thread and reports errors
+    except Exception:  # noqa: BLE001, S110 - the real estimate runs again in the main thread and reports errors
         pass
 
 

@@ -74,7 +74,9 @@ def fit_patch(spacing: tuple[float, ...], median_shape: tuple[int, ...], task: T
     voxels = preset.patch_voxels_3d if nd == 3 else preset.patch_voxels_2d
     topo, patch = _topology(initial_patch(spacing, median_shape, voxels), spacing, preset)
     floor = 2 * preset.min_feature_map
-    while _estimate(topo, patch, preset.min_batch, task, preset).total_gb > preset.memory_gb:
+    for _ in range(10_000):  # each step removes voxels; the bound only guards against a re-padding cycle
+        if _estimate(topo, patch, preset.min_batch, task, preset).total_gb <= preset.memory_gb:
+            return topo, patch, True
         step = topo.total_stride
         order = np.argsort([-p / m for p, m in zip(patch, median_shape)], kind="stable")
         axis = next((int(a) for a in order if patch[a] - step[a] >= max(floor, 1)), None)
@@ -83,15 +85,16 @@ def fit_patch(spacing: tuple[float, ...], median_shape: tuple[int, ...], task: T
         smaller = list(patch)
         smaller[axis] -= step[axis]
         topo, patch = _topology(tuple(smaller), spacing, preset)
-    return topo, patch, True
+    return topo, patch, False
 
 
 def make_configuration(name: str, spacing: tuple[float, ...], median_shape: tuple[int, ...], task: Task,
                        preset: Preset, anisotropic_axis: int | None = None,
                        slice_axis: int | None = None) -> tuple[Configuration, list[str]]:
     topo, patch, fits = fit_patch(spacing, median_shape, task, preset)
-    notes = [] if fits else [f"{name}: even the smallest patch {patch} at batch {preset.min_batch} exceeds "
-                             f"the {preset.memory_gb:g} GB budget"]
+    too_big = f"{name}: even the smallest patch {patch} at batch {preset.min_batch} exceeds the " \
+              f"{preset.memory_gb:g} GB budget"
+    notes = [] if fits else [too_big]
     batch = batch_size_for(topo, patch, task, preset) if fits else preset.min_batch
     est = _estimate(topo, patch, batch, task, preset)
     nd = len(spacing)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 
 from seg3d.fingerprint import CaseFingerprint, ChannelStats, Fingerprint
+
+
 def make_fingerprint(spacings, shapes, channel="MRI", relative_crop=1.0, labels=None) -> Fingerprint:
     labels = labels or {"background": 0, "a": 1}
     cases = tuple(CaseFingerprint(f"c{i:03d}", tuple(map(float, sp)), tuple(map(int, sh)), tuple(map(int, sh)),

@@ -67,3 +67,13 @@ def test_cpu_preset_plans_a_small_bf16_network(fingerprint):
     assert cpu.precision == "bf16" and gpu.precision == "fp16"
     assert cpu.topology.features[0] == 16 and cpu.topology.num_stages <= 4 and cpu.batch_size == 2
     assert cpu.estimated_memory_gb < gpu.estimated_memory_gb
+
+
+def test_a_budget_nothing_fits_gives_a_note_not_a_crash(fingerprint):
+    from seg3d.planning.presets import load_preset
+
+    fp = fingerprint([(1, 1, 1)] * 4, [(32, 32, 32)] * 4)
+    plan = plan_from_fingerprint(fp, load_preset("8gb", memory_gb=0.501))  # 1 MB above the CUDA context
+    cfg = plan.config("3d_fullres")
+    assert cfg.batch_size == 2 and cfg.estimated_memory_gb > 0.501
+    assert any("exceeds" in n for n in plan.notes)

@@ -4,8 +4,6 @@ from seg3d.planning.planner import plan_normalization
 from seg3d.planning.spacing import shape_at_spacing, target_spacing
 
 
-
-
 def test_isotropic_takes_the_median():
     rng = np.random.default_rng(0)
     sp = rng.uniform(0.9, 1.1, (20, 3))
