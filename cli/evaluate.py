@@ -83,10 +83,11 @@ def summary(
         table.add_row("[bold]CV[/]", *(_fmt(cv["dice"].get(c)) for c in classes), _fmt(cv.get("mean_dice")),
                       "", "")
         if m.get("postprocessing"):
-            table.add_row("post-processing", *(str(m["postprocessing"].get(c, "–")) for c in classes), "", "", "")
+            table.add_row("post-proc.", *(str(m["postprocessing"].get(c, "–")).split(" ")[0] for c in classes),
+                          "", "", "")
         out.print(table)
         for note in m["notes"]:
-            console.print(f"[yellow]note:[/] {note}", highlight=False)
+            out.print(f"[yellow]note:[/] {note}", highlight=False)
     for line in res["recommendation"]:
         out.print(line)
     if output is not None:

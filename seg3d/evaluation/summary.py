@@ -69,12 +69,13 @@ def read_validation(path: Path, value_to_name: dict[int, str]) -> dict:
         if isinstance(per, dict):
             cases[str(cid)] = {k: v for k, v in _by_name(per, value_to_name).items()}
     means: dict[str, float | None] = {}
-    raw_mean = obj.get("per_class") or obj.get("mean") or obj.get("dice_per_class") or obj.get("per_class_dice")
-    if isinstance(raw_mean, dict):
-        means = _by_name(raw_mean, value_to_name)
-    if not means and cases:
+    if cases:  # per-case values are the ground truth of any stored mean
         names = sorted({n for c in cases.values() for n in c})
         means = {n: _mean([c.get(n) for c in cases.values()]) for n in names}
+    else:
+        raw_mean = obj.get("per_class") or obj.get("mean") or obj.get("dice_per_class") or obj.get("per_class_dice")
+        if isinstance(raw_mean, dict):
+            means = _by_name(raw_mean, value_to_name)
     n = len(cases) or obj.get("num_cases") or obj.get("n_cases")
     return {"dice": means, "cases": cases, "n": n if isinstance(n, int) else None}
 
@@ -120,8 +121,16 @@ def read_postprocessing(model_dir: Path, value_to_name: dict[int, str]) -> dict[
     obj = _load_json(model_dir / "postprocessing.json")
     if obj is None:
         return {}
-    raw = obj.get("per_class") or obj.get("classes") or obj.get("decisions") or obj
     out = {}
+    if isinstance(obj.get("classes"), list) and isinstance(obj.get("evidence"), dict):  # seg3d.postprocessing
+        on = {int(v) for v in obj["classes"] if str(v).isdigit()}
+        for v, name in value_to_name.items():
+            ev = obj["evidence"].get(str(v))
+            detail = f" (CV Dice {ev['dice_before']:.4f} → {ev['dice_after']:.4f})" if isinstance(ev, dict) and \
+                _num(ev.get("dice_before")) is not None and _num(ev.get("dice_after")) is not None else ""
+            out[name] = ("on" if v in on else "off") + detail
+        return out
+    raw = obj.get("per_class") or obj.get("classes") or obj.get("decisions") or obj
     if isinstance(raw, list):  # a list of class values/names the rule applies to
         for name in value_to_name.values():
             out[name] = "off"
@@ -140,6 +149,40 @@ def read_postprocessing(model_dir: Path, value_to_name: dict[int, str]) -> dict[
         flag = v.get("apply", v.get("enabled", v.get("remove_small_components"))) if isinstance(v, dict) else v
         out[name] = "on" if flag is True else "off" if flag is False else str(flag)
     return out
+
+
+def _references(model_dir: Path) -> dict[str, Path]:
+    """Reference label files of the training dataset recorded in the plan (``extra.dataset_dir``), if present."""
+    from seg3d.io.layout import load_dataset
+
+    plans = _load_json(model_dir / "plans.json") or {}
+    ddir = (plans.get("extra") or {}).get("dataset_dir") if isinstance(plans.get("extra"), dict) else None
+    if not ddir:
+        return {}
+    try:
+        ds = load_dataset(ddir)
+    except Seg3dError:
+        return {}
+    return {c.case_id: c.label for c in ds.cases if c.label is not None and c.label.is_file()}
+
+
+def dice_from_predictions(vdir: Path, refs: dict[str, Path], value_to_name: dict[int, str]) -> dict:
+    """Fold validation Dice computed from its saved label maps (when no summary.json was written)."""
+    from seg3d.evaluation.evaluate import list_label_files
+    from seg3d.evaluation.metrics import case_metrics
+    from seg3d.io.image import read_image
+
+    cases = {}
+    for cid, pred_path in list_label_files(vdir, "validation").items():
+        if cid not in refs:
+            continue
+        pred, ref = read_image(pred_path), read_image(refs[cid])
+        if ref.geometry.mismatches(pred.geometry):
+            raise Seg3dError("validation prediction is not on its reference's grid", pred_path)
+        m = case_metrics(pred.array, ref.array, ref.geometry.spacing_zyx, list(value_to_name), surface=False)
+        cases[cid] = {value_to_name[v]: (None if math.isnan(x.dice) else x.dice) for v, x in m.items()}
+    means = {n: _mean([c.get(n) for c in cases.values()]) for n in value_to_name.values()}
+    return {"dice": means, "cases": cases, "n": len(cases)}
 
 
 def _labels(model_dir: Path) -> dict[str, int]:
@@ -166,14 +209,20 @@ def summarize_model(model_dir: str | Path) -> dict:
     value_to_name = {v: n for n, v in labels.items() if v != 0}
     info = _load_json(model_dir / "model.json") or {}
     name = " ".join(str(info[k]) for k in ("config", "arch") if info.get(k)) or model_dir.name
-    notes, folds, pooled = [], [], {}
+    notes, folds, pooled, refs, partial = [], [], {}, None, False
     for d in fold_dirs:
         entry: dict = {"fold": d.name[5:], "dice": {}, "mean_dice": None, "n_cases": None}
         vpath = d / "validation" / "summary.json"
-        if vpath.is_file():
-            val = read_validation(vpath, value_to_name)
+        val = read_validation(vpath, value_to_name) if vpath.is_file() else None
+        if val is None and (d / "validation").is_dir() and value_to_name:
+            refs = _references(model_dir) if refs is None else refs
+            val = dice_from_predictions(d / "validation", refs, value_to_name) if refs else None
+            if val is not None and not val["cases"]:
+                val = None
+        if val is not None:
             entry.update(dice=val["dice"], mean_dice=_mean(val["dice"].values()), n_cases=val["n"])
             if d.name != "fold_all":  # trained on everything: its "validation" is not cross-validation
+                partial = partial or not val["cases"]
                 pooled.update({f"{d.name}/{k}": v for k, v in val["cases"].items()})
         else:
             notes.append(f"{d.name}: no validation/summary.json (training not finished?)")
@@ -181,7 +230,7 @@ def summarize_model(model_dir: str | Path) -> dict:
         folds.append(entry)
     classes = list(value_to_name.values()) or sorted({c for f in folds for c in f["dice"]})
     cv_folds = [f for f in folds if f["fold"] != "all" and f["dice"]]
-    if pooled:
+    if pooled and not partial:
         cv = {c: _mean([case.get(c) for case in pooled.values()]) for c in classes}
     else:
         cv = {}
@@ -192,7 +241,8 @@ def summarize_model(model_dir: str | Path) -> dict:
         notes.append(f"cross-validation covers {len(cv_folds)} fold(s) with validation results; "
                      "the CV Dice is over those folds' validation cases only")
     return {"name": name, "model_dir": str(model_dir), "classes": classes, "folds": folds,
-            "cv": {"dice": cv, "mean_dice": _mean(cv.values()), "n_cases": len(pooled) or None},
+            "cv": {"dice": cv, "mean_dice": _mean(cv.values()), "n_cases": len(pooled) or None,
+                   "case_ids": sorted(k.split("/", 1)[1] for k in pooled)},
             "postprocessing": read_postprocessing(model_dir, value_to_name), "notes": notes}
 
 
@@ -211,6 +261,9 @@ def summarize_models(model_dirs) -> dict:
                 diff = best["cv"]["mean_dice"] - m["cv"]["mean_dice"]
                 rec.append(f"  vs {m['name']}: {m['cv']['mean_dice']:.4f} ({diff:+.4f} for the recommended model"
                            f"{'; within noise, prefer the cheaper model if it is faster' if diff < 0.002 else ''}).")
+        if len({tuple(m["cv"]["case_ids"]) for m in scored}) > 1:
+            rec.append("Caution: the models were cross-validated on different cases; the comparison is not "
+                       "paired.")
         if len(scored) > 1:
             rec.append("Ensemble of these models: not scored. Only label maps are kept from cross-validation, "
                        "and the Dice of an ensemble needs the averaged probabilities of each validation case; "
