@@ -30,29 +30,27 @@ def _ending(name: str) -> str | None:
     return next((e for e in SUPPORTED_ENDINGS if low.endswith(e)), None)
 
 
-def list_input_cases(in_dir: Path, num_channels: int) -> tuple[dict[str, list[Path]], list[tuple[Path, str]]]:
-    """Cases ``{case_id: channel files in order}`` and problems ``[(path, message)]`` found while listing."""
+def list_input_cases(in_dir: Path, num_channels: int) -> tuple[dict[str, list[Path]], list[tuple[str | None, Path, str]]]:
+    """Cases ``{case_id: channel files in order}`` and problems ``[(case_id, path, message)]`` found while listing."""
     if not in_dir.is_dir():
         raise Seg3dError("input folder not found", in_dir)
     groups = group_channel_files(in_dir, num_channels)
     used = {p for paths in groups.values() for p in paths}
-    problems: list[tuple[Path, str]] = []
+    problems: list[tuple[str | None, Path, str]] = []
     for p in sorted(in_dir.iterdir()):
         if p.is_file() and not p.name.startswith(".") and _ending(p.name) and p not in used:
-            problems.append((p, f"file name does not follow <case>_XXXX{_ending(p.name)} (the model has "
+            problems.append((None, p, f"file name does not follow <case>_XXXX{_ending(p.name)} (the model has "
                                 f"{num_channels} channels)"))
     cases: dict[str, list[Path]] = {}
     for cid, paths in sorted(groups.items()):
-        if num_channels == 1 and len(paths) == 1:
-            cases[cid] = paths
-            continue
         by_channel = {}
         for p in paths:
             stem = p.name[: -len(_ending(p.name) or "")]
-            by_channel[int(stem[-4:]) if stem[-5:-4] == "_" and stem[-4:].isdigit() else 0] = p
+            suffixed = stem != cid  # <case>_XXXX, or a plain <case> file for one-channel models
+            by_channel[int(stem[-4:]) if suffixed else 0] = p
         want = list(range(num_channels))
         if sorted(by_channel) != want:
-            problems.append((paths[0], f"case '{cid}' has channel file(s) {sorted(by_channel)}, the model "
+            problems.append((cid, paths[0], f"case '{cid}' has channel file(s) {sorted(by_channel)}, the model "
                                        f"expects exactly {want} (<case>_0000 ... _{num_channels - 1:04d})"))
             continue
         cases[cid] = [by_channel[c] for c in want]
@@ -119,7 +117,7 @@ def predict_folder(in_dir: str | Path, out_dir: str | Path, model_dir: str | Pat
     ids = split_parts(list(cases), num_parts, part_id)
     out_dir.mkdir(parents=True, exist_ok=True)
     records: dict[str, dict[str, Any]] = {}
-    failures = [{"case": None, "path": str(p), "error": m} for p, m in problems] if part_id == 0 else []
+    failures = [{"case": c, "path": str(p), "error": f"{p}: {m}"} for c, p, m in problems] if part_id == 0 else []
 
     todo: list[tuple[str, list[Path], Path]] = []
     for cid in ids:
