@@ -65,7 +65,8 @@ def main() -> None:
     for _ in range(args.reps):  # interleaved: the machine is shared and noisy
         times["seg3d"].append(timed(seg3d))
         times["nnunet"].append(timed(theirs))
-    ours = {(r["case_id"], int(r["label"])): float(r["dice"]) for r in csv.DictReader(open(work / "ours" / "metrics.csv"))}
+    with open(work / "ours" / "metrics.csv", newline="") as f:
+        ours = {(r["case_id"], int(r["label"])): float(r["dice"]) for r in csv.DictReader(f)}
     nn = json.loads((work / "nnunet.json").read_text())
     diffs = []
     for c in nn["metric_per_case"]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-
 from seg3d.cli.common import guarded, out, progress_bar
 
 download_app = typer.Typer(help="Download public datasets, verified and converted to the nnU-Net v2 layout.",

@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-
 from seg3d.cli.common import console, guarded, out, progress_bar
 
 

@@ -148,9 +148,8 @@ def test_unreachable_server_and_task_names(tmp_path):
 
 
 def test_cli_checksum_error_exit_code(server, tmp_path):
-    from typer.testing import CliRunner
-
     from seg3d.cli.main import app
+    from typer.testing import CliRunner
 
     res = CliRunner().invoke(app, ["download", "msd", "Task99_Mini", "-o", str(tmp_path), "--url",
                                    f"{server}/Task99_Mini.tar", "--md5", "f" * 32])

@@ -4,4 +4,4 @@ from __future__ import annotations
 from seg3d.evaluation.evaluate import evaluate_folder, load_labels, match_cases
 from seg3d.evaluation.metrics import CONVENTIONS, ClassMetrics, case_metrics
 
-__all__ = ["evaluate_folder", "case_metrics", "ClassMetrics", "CONVENTIONS", "load_labels", "match_cases"]
+__all__ = ["CONVENTIONS", "ClassMetrics", "case_metrics", "evaluate_folder", "load_labels", "match_cases"]

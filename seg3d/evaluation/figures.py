@@ -50,7 +50,7 @@ def _window(img: np.ndarray) -> tuple[float, float]:
 def _centre(ref: np.ndarray, pred: np.ndarray) -> tuple[int, ...]:
     for mask in (ref > 0, pred > 0):
         if mask.any():
-            return tuple(int(round(float(c.mean()))) for c in np.nonzero(mask))
+            return tuple(round(float(c.mean())) for c in np.nonzero(mask))
     return tuple(s // 2 for s in ref.shape)
 
 

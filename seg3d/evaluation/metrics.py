@@ -30,16 +30,16 @@ from seg3d.errors import Seg3dError
 CONVENTIONS = (
     "Distances are in millimetres, using each image's voxel spacing (anisotropic spacing is honoured).",
     "Dice = 2|P∩R| / (|P|+|R|); IoU = |P∩R| / |P∪R|; volumes = voxel count × voxel volume (mm³).",
-    "HD95 = max of the 95th percentiles of the two directed surface-distance sets between surface voxels "
-    "(MONAI HausdorffDistanceMetric(percentile=95)); surface = voxels removed by a 6-connected erosion.",
-    "NSD (normalised surface Dice) at tolerance τ = fraction of both surfaces lying within τ mm of the other "
-    "surface (MONAI SurfaceDiceMetric, voxel-counted surfaces); a distance of exactly τ counts as within τ.",
-    "Reference and prediction both empty: Dice, IoU, HD95 and NSD are NaN (not applicable) and excluded from "
-    "means; such cases are counted as 'both empty'.",
-    "Exactly one of them empty (missed structure, or false positive): Dice = IoU = NSD = 0 and included in "
-    "means; HD95 is undefined (NaN), excluded from HD95 statistics and counted as 'HD95 undefined'.",
-    "Class means/medians/stds are over cases where the metric is defined; the foreground mean is the mean "
-    "over classes of the class means (as nnU-Net's 'foreground_mean').",
+    ("HD95 = max of the 95th percentiles of the two directed surface-distance sets between surface voxels "
+     "(MONAI HausdorffDistanceMetric(percentile=95)); surface = voxels removed by a 6-connected erosion."),
+    ("NSD (normalised surface Dice) at tolerance τ = fraction of both surfaces lying within τ mm of the other "
+     "surface (MONAI SurfaceDiceMetric, voxel-counted surfaces); a distance of exactly τ counts as within τ."),
+    ("Reference and prediction both empty: Dice, IoU, HD95 and NSD are NaN (not applicable) and excluded from "
+     "means; such cases are counted as 'both empty'."),
+    ("Exactly one of them empty (missed structure, or false positive): Dice = IoU = NSD = 0 and included in "
+     "means; HD95 is undefined (NaN), excluded from HD95 statistics and counted as 'HD95 undefined'."),
+    ("Class means/medians/stds are over cases where the metric is defined; the foreground mean is the mean "
+     "over classes of the class means (as nnU-Net's 'foreground_mean')."),
 )
 
 

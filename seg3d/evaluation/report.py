@@ -108,8 +108,8 @@ def markdown_report(summary: dict) -> str:
     if warn:
         L += ["## Warnings", ""] + [f"- {w}" for w in warn] + [""]
     L += ["## Per class", "",
-          "| class | label | Dice mean ± std | Dice median | IoU mean | HD95 mean (mm) | HD95 median (mm) | "
-          "NSD mean | ref. volume mean (mm³) | pred. volume mean (mm³) | missed | false pos. | both empty |",
+          ("| class | label | Dice mean ± std | Dice median | IoU mean | HD95 mean (mm) | HD95 median (mm) | "
+           "NSD mean | ref. volume mean (mm³) | pred. volume mean (mm³) | missed | false pos. | both empty |"),
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, c in summary["per_class"].items():
         L.append(f"| {_md_escape(name)} | {c['label']} | {_f(c['dice_mean'])} ± {_f(c['dice_std'])} | "
@@ -118,14 +118,14 @@ def markdown_report(summary: dict) -> str:
                  f"{_f(c['volume_pred_mean_mm3'], 0)} | {c['n_pred_empty']} | {c['n_ref_empty']} | "
                  f"{c['n_both_empty']} |")
     fg = summary["foreground_mean"]
-    L += ["", f"**Foreground mean** (mean of class means): Dice {_f(fg['dice'])}, IoU {_f(fg['iou'])}, "
-          f"HD95 {_f(fg['hd95'], 2)} mm, NSD {_f(fg['nsd'])}.", ""]
+    L += ["", (f"**Foreground mean** (mean of class means): Dice {_f(fg['dice'])}, IoU {_f(fg['iou'])}, "
+               f"HD95 {_f(fg['hd95'], 2)} mm, NSD {_f(fg['nsd'])}."), ""]
     pics = summary.get("pictures", {})
     if pics.get("boxplot"):
         L += ["## Pictures", "", f"![Dice per class]({pics['boxplot']})", ""]
     if pics.get("cases"):
-        L += [f"Montages of the {len(pics['cases'])} case(s) with the lowest foreground Dice (reference: solid "
-              "green, prediction: dashed magenta; slices through the reference's centre of mass):", ""]
+        L += [(f"Montages of the {len(pics['cases'])} case(s) with the lowest foreground Dice (reference: solid "
+               "green, prediction: dashed magenta; slices through the reference's centre of mass):"), ""]
         for cid, rel in pics["cases"].items():
             L.append(f"- [{cid}]({rel})")
         L.append("")

@@ -57,7 +57,8 @@ def test_reports_are_well_formed(folders, tmp_path):
     assert res["missing_predictions"] == ["case_c"]
     assert list(res["per_class"]) == ["liver", "tumour"]
     # CSV: one row per case and class, values consistent with case_metrics on the arrays
-    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    with open(out / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == CSV_COLUMNS and len(rows) == 2 * 2
     direct = case_metrics(np.roll(_ref(1), 1, axis=2) * (np.roll(_ref(1), 1, axis=2) != 2), _ref(1),
                           GEO.spacing_zyx, [1, 2], tolerance_mm=2.0)
@@ -122,9 +123,8 @@ def test_no_matching_prediction_is_an_error(folders, tmp_path):
 
 
 def test_cli_exit_codes(folders, tmp_path):
-    from typer.testing import CliRunner
-
     from seg3d.cli.main import app
+    from typer.testing import CliRunner
 
     gt, pred, img, dj = folders
     write_image(_ref(2), GEO, pred / "case_c.nii.gz")  # three pairs: runs in a process pool

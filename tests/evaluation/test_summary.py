@@ -74,9 +74,8 @@ def test_compare_models_recommends_best_and_is_honest_about_the_ensemble(tmp_pat
 
 
 def test_fold_without_results_and_cli(tmp_path):
-    from typer.testing import CliRunner
-
     from seg3d.cli.main import app
+    from typer.testing import CliRunner
 
     d = _model(tmp_path, "unet", "unet", FOLDS_A)
     (d / "fold_2").mkdir()  # still training: no validation, no log
