@@ -1,0 +1,102 @@
+"""`seg3d train` (one fold, several in sequence, or all cases) and `seg3d preprocess` (build the cache)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from seg3d.cli.common import console, guarded, out, progress_bar
+
+
+def parse_folds(text: str) -> list[int | str]:
+    """``0``, ``all`` or a comma-separated list such as ``0,1,2``."""
+    from seg3d.errors import Seg3dError
+
+    folds: list[int | str] = []
+    for part in text.split(","):
+        part = part.strip()
+        if part == "all":
+            folds.append("all")
+        elif part.isdigit():
+            folds.append(int(part))
+        else:
+            raise Seg3dError(f"--fold takes a fold number, 'all' or a list like 0,1,2; got '{text}'")
+    return folds
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(help="Train a model from a plan folder (written by `seg3d plan`). Builds or reuses the "
+                      "preprocessing cache in PLAN_DIR/cache/<config>, writes the model folder (default "
+                      "PLAN_DIR/models/<config>_<arch>_<loss>): plans.json, model.json, splits.json, and per "
+                      "fold checkpoints, log.csv, progress.png, validation/summary.json. Interruptible: "
+                      "--resume continues from the last finished epoch. Several GPUs or machines: launch "
+                      "with torchrun.")
+    def train(
+        plan_dir: Path = typer.Argument(..., help="Plan folder (plans.json)."),
+        config: str = typer.Option("3d_fullres", "--config", "-c", help="Configuration: 3d_fullres, 3d_lowres, 2d."),
+        fold: str = typer.Option("0", "--fold", "-f", help="Fold 0..4, 'all' (every case, no validation), or "
+                                 "a list like 0,1,2 trained in sequence."),
+        arch: str = typer.Option("unet", "--arch", help="unet or unetpp (UNet++)."),
+        loss: str = typer.Option("ce_dice", "--loss", help="ce_dice, tversky or focal."),
+        epochs: int | None = typer.Option(None, "--epochs", min=1, help="Epochs (default 1000, or unlimited "
+                                          "under --time-budget-min)."),
+        iters_per_epoch: int | None = typer.Option(None, "--iters-per-epoch", min=1,
+                                                   help="Iterations per epoch (default 250; 50 under a budget)."),
+        time_budget_min: float | None = typer.Option(None, "--time-budget-min", min=0.01,
+                                                     help="Stop after this many minutes of training; the "
+                                                          "learning rate decays to ~0 at the budget."),
+        device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+        resume: bool = typer.Option(False, "--resume", help="Continue from fold_K/checkpoint_latest.pt."),
+        optimizer: str = typer.Option("sgd", "--optimizer", help="sgd (Nesterov, poly) or adamw (warm-up)."),
+        seed: int = typer.Option(0, "--seed", help="Random seed (recorded in the log and checkpoints)."),
+        workers: int | None = typer.Option(None, "--workers", "-w", min=0, help="Data-loading workers."),
+        dataset: Path | None = typer.Option(None, "--dataset", "-d", help="Raw dataset folder (default: the "
+                                            "one the plan records)."),
+        output: Path | None = typer.Option(None, "-o", "--output", help="Model folder."),
+        tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to TensorBoard (if installed)."),
+    ) -> None:
+        """Train one or more folds."""
+        from seg3d.training import train as run
+
+        folds = guarded(lambda: parse_folds(fold))
+        for f in folds:
+            with progress_bar(f"fold {f}") as progress:
+                res = guarded(lambda: run(plan_dir, config_name=config, fold=f, model_dir=output, arch=arch,
+                                          loss=loss, epochs=epochs, iters_per_epoch=iters_per_epoch,
+                                          time_budget_min=time_budget_min, device=device, resume=resume,
+                                          optimizer=optimizer, seed=seed, num_workers=workers, dataset=dataset,
+                                          tensorboard=tensorboard, progress=progress,
+                                          log=lambda s: console.print(s, highlight=False)))
+            val = res.get("validation") or {}
+            msg = f"fold {f}: {res['epochs']} epochs, {res['elapsed_s']:.0f} s; model in {res['model_dir']}"
+            if val.get("foreground_mean") is not None:
+                msg += f"; validation mean Dice {val['foreground_mean']:.4f} over {val['num_cases']} case(s)"
+            out.print(msg, highlight=False)
+
+    @app.command(help="Build the preprocessing cache for a plan ahead of training (PLAN_DIR/cache/<config>): "
+                      "crop, resample, normalize every training case. Reused while dataset and plan are unchanged.")
+    def preprocess(
+        plan_dir: Path = typer.Argument(..., help="Plan folder (plans.json)."),
+        config: str = typer.Option("3d_fullres", "--config", "-c", help="Configuration to preprocess."),
+        dataset: Path | None = typer.Option(None, "--dataset", "-d", help="Raw dataset folder (default: the "
+                                            "one the plan records)."),
+        workers: int | None = typer.Option(None, "--workers", "-w", min=0, help="Worker processes "
+                                           "(default: all cores)."),
+    ) -> None:
+        """Preprocess a dataset for a configuration."""
+        from seg3d.errors import Seg3dError
+        from seg3d.planning.plan import Plan
+        from seg3d.preprocessing import build_cache
+        from seg3d.training.trainer import resolve_dataset
+
+        def go():
+            plan = Plan.load(plan_dir / "plans.json")
+            plan.config(config)
+            ds = resolve_dataset(plan_dir, plan, dataset)
+            if ds is None:
+                raise Seg3dError("the plan does not record its dataset folder: pass --dataset", plan_dir)
+            with progress_bar(f"preprocessing {config}") as progress:
+                build_cache(ds, plan, config, plan_dir / "cache" / config, workers=workers, progress=progress)
+            return plan_dir / "cache" / config
+
+        where = guarded(go)
+        out.print(f"cache ready in {where}", highlight=False)

@@ -1,0 +1,70 @@
+"""Checkpoints: written atomically (temp file, fsync, rename) so a kill never leaves an unloadable file.
+
+``checkpoint_latest.pt`` holds everything a resume needs: weights, optimizer, grad scaler, RNG states,
+epoch, elapsed training time, the schedule, the EMA/best pseudo-Dice and the log rows so far.
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seg3d.atomic import atomic_path
+from seg3d.errors import Seg3dError
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """``torch.save`` to a temporary file next to ``path``, fsync, then rename over ``path``."""
+    import torch
+
+    with atomic_path(path, suffix=".pt") as tmp:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint written by :func:`save_checkpoint` (our own file: full unpickling is trusted)."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise Seg3dError("no checkpoint to resume from (train without --resume first)", path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a damaged file
+        raise Seg3dError(f"cannot read checkpoint ({type(e).__name__}: {e})", path) from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise Seg3dError("not a seg3d checkpoint (no 'model' entry)", path)
+    return ckpt
+
+
+def rng_states() -> dict[str, Any]:
+    import torch
+
+    out = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    import torch
+
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)

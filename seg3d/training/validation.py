@@ -1,0 +1,93 @@
+"""Validation: pseudo-Dice on fixed validation patches every epoch, full-volume prediction at the end of a fold.
+
+Pseudo-Dice pools true/false positives over all validation patches (one number per class, as nnU-Net's), so a
+class absent from a patch neither helps nor hurts. The end-of-fold validation uses the inference Predictor —
+the very preprocessing, sliding window and export that ``seg3d predict`` uses — writes
+``fold_K/validation/<case><ending>`` with the input's geometry and Dice per case and class to
+``fold_K/validation/summary.json`` (the CV evidence for post-processing and ``seg3d summary``).
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from seg3d.atomic import write_json_atomic
+from seg3d.progress import ProgressFn, report
+
+
+def confusion_counts(logits, target, num_classes: int):
+    """Per foreground class (tp, fp, fn) of the argmax of ``logits`` (B, K, ...) vs ``target`` (B, 1, ...)."""
+    import torch
+
+    pred = logits.argmax(1)
+    ref = target[:, 0].to(pred.device)
+    out = torch.zeros((num_classes - 1, 3), dtype=torch.float64)
+    for c in range(1, num_classes):
+        p, r = pred == c, ref == c
+        out[c - 1, 0] = (p & r).sum().item()
+        out[c - 1, 1] = (p & ~r).sum().item()
+        out[c - 1, 2] = (~p & r).sum().item()
+    return out
+
+
+def dice_from_counts(counts) -> list[float]:
+    """Dice per class from pooled (tp, fp, fn); NaN where the class is in neither prediction nor reference."""
+    out = []
+    for tp, fp, fn in counts.tolist():
+        den = 2 * tp + fp + fn
+        out.append(2 * tp / den if den > 0 else math.nan)
+    return out
+
+
+def validate_fold(model_dir: Path, fold: int | str, val_ids: list[str], dataset_dir: Path, device: str,
+                  tta: bool = True, progress: ProgressFn | None = None, log=print) -> dict:
+    """Predict the fold's held-out cases from ``checkpoint_final.pt`` and score them (Dice per case and class)."""
+    from seg3d.evaluation.metrics import case_metrics
+    from seg3d.inference.predictor import Predictor
+    from seg3d.io.image import write_image
+    from seg3d.io.layout import load_dataset, read_case_images, read_case_label
+    from seg3d.model_dir import fold_dir
+
+    t0 = time.perf_counter()
+    predictor = Predictor(model_dir, folds=[str(fold)], device=device, tta=tta, postprocess=False)
+    plan = predictor.plan
+    names = {v: k for k, v in plan.labels.items()}
+    fg_values = [v for v in plan.label_values if v != 0]
+    ds = load_dataset(dataset_dir)
+    by_id = {c.case_id: c for c in ds.cases}
+    out_dir = fold_dir(model_dir, fold) / "validation"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cases: dict[str, dict] = {}
+    for i, cid in enumerate(val_ids):
+        case = by_id[cid]
+        data, geometry = read_case_images(case, plan.num_channels)
+        labels = predictor.predict_case(data, geometry)
+        write_image(labels, geometry, out_dir / f"{cid}{ds.file_ending}")
+        ref, _ = read_case_label(case)
+        m = case_metrics(labels, ref, geometry.spacing_zyx, plan.label_values, surface=False)
+        cases[cid] = {"classes": {names[v]: _clean(m[v].dice) for v in fg_values}}
+        report(progress, i + 1, len(val_ids), f"validation {cid}")
+    per_class = {}
+    for v in fg_values:
+        vals = [c["classes"][names[v]] for c in cases.values() if c["classes"][names[v]] is not None]
+        per_class[names[v]] = float(np.mean(vals)) if vals else None
+    defined = [d for d in per_class.values() if d is not None]
+    summary = {"fold": str(fold), "n_cases": len(cases), "checkpoint": "final", "tta": tta,
+               "per_class": per_class, "mean_foreground_dice": float(np.mean(defined)) if defined else None,
+               "cases": cases, "seconds": round(time.perf_counter() - t0, 2)}
+    write_json_atomic(out_dir / "summary.json", summary)
+    log(f"fold {fold} validation on {len(cases)} held-out case(s): mean foreground Dice "
+        f"{_f(summary['mean_foreground_dice'])} (" +
+        ", ".join(f"{k} {_f(v)}" for k, v in per_class.items()) + f") in {summary['seconds']:.1f} s")
+    return summary
+
+
+def _clean(v: float) -> float | None:
+    return None if v is None or math.isnan(v) else float(v)
+
+
+def _f(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
