@@ -53,7 +53,7 @@ def _check(splits, known: set[str], path: Path) -> None:
             for s in splits):
         raise Seg3dError('splits.json must be a list of {"train": [...], "val": [...]} per fold', path)
     for i, s in enumerate(splits):
-        unknown = sorted(set(s["train"]) | set(s["val"]) - known)
+        unknown = sorted((set(s["train"]) | set(s["val"])) - known)
         if unknown:
             raise Seg3dError(f"fold {i} names case(s) not in the dataset: {', '.join(unknown[:5])}", path)
         if not s["train"]:
