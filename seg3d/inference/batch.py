@@ -20,7 +20,8 @@ import numpy as np
 
 from seg3d.atomic import write_json_atomic, write_with_atomic
 from seg3d.errors import Seg3dError
-from seg3d.io.image import SUPPORTED_ENDINGS, read_header, write_image
+from seg3d.inference.export import write_like
+from seg3d.io.image import SUPPORTED_ENDINGS, read_header
 from seg3d.io.layout import Case, group_channel_files, read_case_images
 from seg3d.progress import ProgressFn, report
 
@@ -152,7 +153,7 @@ def predict_folder(in_dir: str | Path, out_dir: str | Path, model_dir: str | Pat
         t0 = time.perf_counter()
         labels, p = predictor.export(probs, props, probabilities=save_probabilities)
         t1 = time.perf_counter()
-        write_image(labels, props.geometry, out)
+        write_like(labels, props.geometry, out, reference=item[1][0])
         if p is not None:
             _save_probabilities(_probabilities_path(out), p, predictor.label_values)
         timings.update(export=t1 - t0, write=time.perf_counter() - t1)

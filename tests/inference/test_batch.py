@@ -118,23 +118,32 @@ def test_cli_exit_code_and_summary_for_a_broken_batch(tmp_path, tiny_model_dir):
 
 
 def test_interrupted_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    import nibabel
     import SimpleITK as sitk
 
     in_dir = _folder(tmp_path, 2)
-    real = sitk.WriteImage
 
     def dying_write(img, path, *a, **kw):
         Path(path).write_bytes(b"half a file")
         raise KeyboardInterrupt  # the process is killed mid-write
 
-    monkeypatch.setattr(sitk, "WriteImage", dying_write)
-    with pytest.raises(KeyboardInterrupt):
-        _run(in_dir, tmp_path / "out")
-    monkeypatch.setattr(sitk, "WriteImage", real)
+    for module, name in ((sitk, "WriteImage"), (nibabel, "save")):  # NIfTI masks go through nibabel
+        with monkeypatch.context() as m:
+            m.setattr(module, name, dying_write)
+            if module is sitk:  # the SimpleITK path: a non-NIfTI reference
+                m.setattr("seg3d.inference.export._write_nifti_like", _raise_fallback)
+            with pytest.raises(KeyboardInterrupt):
+                _run(in_dir, tmp_path / "out")
     leftovers = [p.name for p in (tmp_path / "out").iterdir() if p.name != "predict_manifest.json"]
     assert leftovers == []
     s = _run(in_dir, tmp_path / "out", continue_=True)
     assert s["predicted"] == 2
+
+
+def _raise_fallback(*a, **kw):
+    from seg3d.inference.export import _Fallback
+
+    raise _Fallback
 
 
 @pytest.mark.parametrize("n,parts", [(7, 3), (2, 4), (5, 1)])
