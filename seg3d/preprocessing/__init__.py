@@ -1,5 +1,7 @@
 """Preprocessing shared by training and inference: crop, resample, normalize, cache."""
+from seg3d.preprocessing.cache import CaseCache, build_cache
 from seg3d.preprocessing.pipeline import (CaseProperties, indices_to_labels, labels_to_indices, preprocess_case,
                                           revert_to_original)
 
-__all__ = ["CaseProperties", "preprocess_case", "revert_to_original", "indices_to_labels", "labels_to_indices"]
+__all__ = ["CaseProperties", "preprocess_case", "revert_to_original", "indices_to_labels", "labels_to_indices",
+           "build_cache", "CaseCache"]
