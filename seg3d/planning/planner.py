@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -128,5 +129,7 @@ def plan_dataset(dataset_dir: str | Path, out_dir: str | Path, preset: str = "8g
     if fp is None:
         raise problems_error(problems, Path(dataset_dir))
     plan = plan_from_fingerprint(fp, chosen, progress=progress)
+    # where the data lives, so `seg3d train PLAN_DIR` and the post-processing decision can find the cases
+    plan = replace(plan, extra={**plan.extra, "dataset_dir": str(Path(dataset_dir).resolve())})
     plan.save(out / "plans.json")
     return plan
