@@ -48,7 +48,7 @@ def test_plan_cli_on_phantom_with_cpu_preset_and_roundtrip(phantom_dir, tmp_path
     res = runner.invoke(app, ["plan", str(phantom_dir), "-o", str(tmp_path), "--preset", "cpu", "-w", "0"])
     assert res.exit_code == 0, res.output
     plan = Plan.load(tmp_path / "plans.json")
-    assert plan.preset == "cpu" and plan.config("3d_fullres").precision == "bf16"
+    assert plan.preset == "cpu" and plan.config("3d_fullres").precision == "fp32"
     assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
     # the fingerprint is reused while the dataset is unchanged
     mtime = (tmp_path / "fingerprint.json").stat().st_mtime_ns

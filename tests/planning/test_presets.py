@@ -19,7 +19,7 @@ def test_presets_load_and_memory_override():
     assert budgets == [8.0, 24.0, 40.0, 80.0]
     assert load_preset("8GB", memory_gb=11).memory_gb == 11.0
     cpu = load_preset("cpu")
-    assert cpu.device == "cpu" and cpu.precision == "bf16" and cpu.max_batch == 2
+    assert cpu.device == "cpu" and cpu.precision == "fp32" and cpu.max_batch == 2
     with pytest.raises(Seg3dError):
         load_preset("12gb")
     with pytest.raises(Seg3dError):

@@ -61,10 +61,10 @@ def test_2d_slices_along_the_coarse_axis(fingerprint):
     assert plan.config("3d_fullres").anisotropic_axis == 0
 
 
-def test_cpu_preset_plans_a_small_bf16_network(fingerprint):
+def test_cpu_preset_plans_a_small_fp32_network(fingerprint):
     fp = fingerprint([(1, 1, 1)] * 200, [(36, 50, 35)] * 200)
     cpu, gpu = plan_from_fingerprint(fp, "cpu").config("3d_fullres"), plan_from_fingerprint(fp, "8gb").config("3d_fullres")
-    assert cpu.precision == "bf16" and gpu.precision == "fp16"
+    assert cpu.precision == "fp32" and gpu.precision == "fp16"
     assert cpu.topology.features[0] == 16 and cpu.topology.num_stages <= 4 and cpu.batch_size == 2
     assert cpu.estimated_memory_gb < gpu.estimated_memory_gb
 
