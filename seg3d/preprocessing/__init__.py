@@ -1,7 +1,19 @@
 """Preprocessing shared by training and inference: crop, resample, normalize, cache."""
 from seg3d.preprocessing.cache import CaseCache, build_cache
-from seg3d.preprocessing.pipeline import (CaseProperties, indices_to_labels, labels_to_indices, preprocess_case,
-                                          revert_to_original)
+from seg3d.preprocessing.pipeline import (
+                                          CaseProperties,
+                                          indices_to_labels,
+                                          labels_to_indices,
+                                          preprocess_case,
+                                          revert_to_original,
+)
 
-__all__ = ["CaseProperties", "preprocess_case", "revert_to_original", "indices_to_labels", "labels_to_indices",
-           "build_cache", "CaseCache"]
+__all__ = [
+                                          "CaseCache",
+                                          "CaseProperties",
+                                          "build_cache",
+                                          "indices_to_labels",
+                                          "labels_to_indices",
+                                          "preprocess_case",
+                                          "revert_to_original",
+]

@@ -44,9 +44,8 @@ def _crc(arr: np.ndarray) -> int:
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, arr, allow_pickle=False)
 
 
 def foreground_locations(seg: np.ndarray, num_classes: int, seed: int = FG_SEED) -> dict[int, np.ndarray]:
@@ -83,14 +82,13 @@ def build_entry(case, plan, config_name: str, cache_dir: Path) -> str:
     p = _entry_paths(cache_dir, case.case_id)
     _save_npy(p["data"], pdata)
     _save_npy(p["seg"], pseg)
-    with atomic_path(p["fg"]) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **{f"c{c}": v for c, v in fg.items()})
+    with atomic_path(p["fg"]) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **{f"c{c}": v for c, v in fg.items()})
     meta = {"case_id": case.case_id, "properties": props.to_dict(),
             "data_shape": list(pdata.shape), "seg_shape": list(pseg.shape),
             "sizes": {k: p[k].stat().st_size for k in ("data", "seg", "fg")},
             "crc": {"data": _crc(pdata), "seg": _crc(pseg)},
-            "fg_counts": {str(c): int(len(v)) for c, v in fg.items()}}
+            "fg_counts": {str(c): len(v) for c, v in fg.items()}}
     write_json_atomic(p["json"], meta)
     return case.case_id
 

@@ -14,8 +14,14 @@ from seg3d.errors import Seg3dError
 from seg3d.io.image import Geometry, Reorientation
 from seg3d.preprocessing.crop import crop_to_nonzero
 from seg3d.preprocessing.normalize import normalize
-from seg3d.preprocessing.resample import (anisotropic_axis, axis_modes, interp_axis, resample_image,
-                                          resample_labels, target_shape)
+from seg3d.preprocessing.resample import (
+    anisotropic_axis,
+    axis_modes,
+    interp_axis,
+    resample_image,
+    resample_labels,
+    target_shape,
+)
 
 SLAB_BYTES = 256 * 2**20  # working memory per slab when reverting (float32 probabilities)
 

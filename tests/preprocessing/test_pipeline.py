@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from seg3d.errors import Seg3dError
-from seg3d.io.image import Geometry, Reorientation
-from seg3d.preprocessing import (CaseProperties, indices_to_labels, preprocess_case, revert_to_original)
+from seg3d.preprocessing import CaseProperties, indices_to_labels, preprocess_case, revert_to_original
 from seg3d.synthetic import make_case
 
 
