@@ -1,0 +1,7 @@
+"""Training data: patch sampling with foreground oversampling, batched augmentation, the background loader."""
+from seg3d.data.augmentation import AugmentationParams, augment_batch, region_size
+from seg3d.data.loader import PatchLoader, make_loader
+from seg3d.data.sampling import sample_batch, sample_patch
+
+__all__ = ["AugmentationParams", "augment_batch", "region_size", "PatchLoader", "make_loader", "sample_batch",
+           "sample_patch"]
