@@ -73,21 +73,28 @@ class PatchLoader:
         w, self.wait_s = self.wait_s, 0.0
         return w
 
-    def epoch(self, epoch: int, num_iterations: int, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    def epoch(self, epoch: int, num_iterations: int | None = None, start: int = 0
+              ) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches of iterations ``start, start+1, ...`` of ``epoch`` (up to ``num_iterations``; endless when
+        None: the consumer stops when it wants and should ``close()`` the iterator to stop the producer)."""
+        n = 2 ** 62 if num_iterations is None else int(num_iterations)
         src = self._thread_batches if self.workers <= 0 else self._worker_batches
-        it = src(epoch, num_iterations, start)
-        while True:
-            t0 = time.perf_counter()
-            b = next(it, _END)
-            self.last_wait_s = time.perf_counter() - t0
-            self.wait_s += self.last_wait_s
-            if b is _END:
-                return
-            yield b
+        it = src(epoch, n, start)
+        try:
+            while True:
+                t0 = time.perf_counter()
+                b = next(it, _END)
+                self.last_wait_s = time.perf_counter() - t0
+                self.wait_s += self.last_wait_s
+                if b is _END:
+                    return
+                yield b
+        finally:
+            it.close()
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         """Endless stream (epoch 0, iterations 0, 1, ...): for quick experiments; the trainer uses ``epoch``."""
-        return self.epoch(0, 2 ** 62)
+        return self.epoch(0)
 
     def _pin(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.pin_memory() for k, v in b.items()} if self.pin_memory else b
@@ -135,7 +142,7 @@ class PatchLoader:
                 _BatchDataset(self), batch_size=None, sampler=self._keys, num_workers=self.workers,
                 worker_init_fn=_worker_init, persistent_workers=True, prefetch_factor=self.prefetch,
                 pin_memory=self.pin_memory, timeout=self.timeout_s)
-        self._keys.keys = [(epoch, i) for i in range(start, n)]
+        self._keys.keys = (epoch, start, n)
         yield from self._dl
 
 
@@ -143,13 +150,14 @@ class _Keys(torch.utils.data.Sampler):
     """The (epoch, iteration) keys of the current epoch; reassigned before each pass."""
 
     def __init__(self):
-        self.keys: list[tuple[int, int]] = []
+        self.keys: tuple[int, int, int] = (0, 0, 0)  # epoch, first iteration, end
 
     def __iter__(self):
-        return iter(list(self.keys))
+        epoch, start, end = self.keys
+        return ((epoch, i) for i in range(start, end))
 
     def __len__(self):
-        return len(self.keys)
+        return self.keys[2] - self.keys[1]
 
 
 class _BatchDataset(torch.utils.data.Dataset):

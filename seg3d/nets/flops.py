@@ -58,3 +58,9 @@ def network_cost(net: nn.Module, in_channels: int, patch_size: Sequence[int]) ->
             h.remove()
         meta.train(was_training)
     return NetworkCost(macs=int(total[0]), parameters=int(params))
+
+
+def count_flops(net: nn.Module, input_shape: Sequence[int]) -> int:
+    """Forward FLOPs (2 × MACs) for an input of ``input_shape`` = ``(B, C, *patch)``."""
+    b, c, *patch = input_shape
+    return 2 * b * network_cost(net, c, patch).macs

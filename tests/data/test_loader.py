@@ -64,3 +64,11 @@ def test_worker_processes_give_the_same_batches(small_fg_source, tiny_plan):
     procs = make_loader(small_fg_source, small_fg_source.case_ids, tiny_plan, "3d_fullres", workers=1, **kw)
     assert all(_equal(a, b) for a, b in zip(thread, procs.epoch(0, 2)))
     assert all(_equal(a, b) for a, b in zip(thread[1:], procs.epoch(0, 2, start=1)))  # persistent workers, reused
+
+
+def test_endless_epoch_can_be_closed_early(small_fg_source, tiny_plan):
+    loader = make_loader(small_fg_source, small_fg_source.case_ids, tiny_plan, "3d_fullres", seed=2)
+    it = loader.epoch(1)  # no length: the trainer takes what it needs and closes it
+    first = [next(it) for _ in range(3)]
+    it.close()
+    assert _equal(first[2], loader.batch(1, 2))

@@ -86,3 +86,10 @@ def test_flops_counter_matches_hand_count():
     assert cost.parameters == (2 * 4 * 27 + 4) + (4 * 3 * 8 + 3)
     assert not any(p.is_meta for p in net.parameters())  # the caller's network is untouched
     assert math.isclose(cost.gflops, 2 * cost.macs / 1e9)
+
+
+def test_count_flops_scales_with_batch():
+    from seg3d.nets.flops import count_flops
+
+    net = build_network(_cfg(TOPO_3D, (4, 16, 16)), 1, 3)
+    assert count_flops(net, (2, 1, 4, 16, 16)) == 2 * 2 * network_cost(net, 1, (4, 16, 16)).macs
