@@ -135,6 +135,7 @@ def preprocess_case(data: np.ndarray, geometry: Geometry, plan, config, seg: np.
 def _slabs(probs, props: CaseProperties, aniso: int | None, slab_bytes: int):
     """Yield ``(start, stop, probs on the cropped grid for rows [start, stop) of axis 0)`` as float32."""
     import torch
+    import torch.nn.functional as F
 
     src, dst = props.shape_after_resample, props.shape_after_crop
     if tuple(probs.shape[1:]) != tuple(src):
@@ -149,9 +150,30 @@ def _slabs(probs, props: CaseProperties, aniso: int | None, slab_bytes: int):
         x = interp_axis(probs, 1, dst[0], modes[0], start, stop)
         if x.dtype != torch.float32:
             x = x.float()
-        for a in range(1, len(dst)):
-            x = interp_axis(x, a + 1, dst[a], modes[a])
+        if len(dst) == 3 and modes[1:] == ["linear", "linear"] and tuple(x.shape[2:]) != tuple(dst[1:]):
+            # in-plane bilinear in one optimised call (slab rows as the batch); same coordinates as interp_axis
+            x = F.interpolate(x.transpose(0, 1), size=tuple(dst[1:]), mode="bilinear",
+                              align_corners=False).transpose(0, 1)
+        else:
+            for a in range(1, len(dst)):
+                x = interp_axis(x, a + 1, dst[a], modes[a])
         yield start, stop, x
+
+
+def _argmax0(x):
+    """Argmax over axis 0 (first maximum wins, as torch.argmax). On CPU a running maximum over classes reads
+    contiguous planes and is ~2x faster than ``torch.argmax(dim=0)``'s strided reduction."""
+    import torch
+
+    if x.device.type != "cpu" or x.shape[0] > 32767:
+        return torch.argmax(x, dim=0)
+    best = x[0].clone()
+    idx = torch.zeros(x.shape[1:], dtype=torch.int16)
+    for c in range(1, x.shape[0]):
+        better = x[c] > best
+        torch.maximum(best, x[c], out=best)
+        idx.masked_fill_(better, c)
+    return idx
 
 
 def revert_to_original(probs, props: CaseProperties, plan, config, out: str = "labels",
@@ -181,7 +203,7 @@ def revert_to_original(probs, props: CaseProperties, plan, config, out: str = "l
         for start, stop, x in _slabs(probs, props, aniso, slab_bytes):
             rows = slice(b[0][0] + start, b[0][0] + stop)
             if out == "labels":
-                result[(rows, *inner)] = torch.argmax(x, dim=0).to(torch.int32).cpu().numpy().astype(dtype)
+                result[(rows, *inner)] = _argmax0(x).cpu().numpy().astype(dtype)
             else:
                 result[(slice(None), rows, *inner)] = x.cpu().numpy().astype(probs_dtype)
     result = props.reorientation.invert(result, channel_first=(out != "labels"))
