@@ -123,8 +123,8 @@ def build_loss(name: str, num_classes: int, batch_dice: bool = True, num_outputs
         raise Seg3dError(f"a segmentation loss needs at least 2 classes (background + 1), got {num_classes}")
     weight_ce = float(kw.pop("weight_ce", 1.0))
     weight_region = float(kw.pop("weight_region", 1.0))
-    common = dict(include_background=False, to_onehot_y=True, softmax=True, batch=batch_dice,
-                  smooth_nr=SMOOTH, smooth_dr=SMOOTH)
+    common = {"include_background": False, "to_onehot_y": True, "softmax": True, "batch": batch_dice,
+                  "smooth_nr": SMOOTH, "smooth_dr": SMOOTH}
     if name == "ce_dice":
         region = DiceLoss(**common)
         ce: nn.Module = _CE()

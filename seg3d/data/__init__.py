@@ -3,5 +3,12 @@ from seg3d.data.augmentation import AugmentationParams, augment_batch, region_si
 from seg3d.data.loader import PatchLoader, make_loader
 from seg3d.data.sampling import sample_batch, sample_patch
 
-__all__ = ["AugmentationParams", "augment_batch", "region_size", "PatchLoader", "make_loader", "sample_batch",
-           "sample_patch"]
+__all__ = [
+           "AugmentationParams",
+           "PatchLoader",
+           "augment_batch",
+           "make_loader",
+           "region_size",
+           "sample_batch",
+           "sample_patch",
+]

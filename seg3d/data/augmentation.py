@@ -133,7 +133,7 @@ def _spatial(image, label, patch, params, rng, anisotropic_axis):
 
 
 def _gaussian_kernel(sigma: float, device) -> torch.Tensor:
-    r = max(1, int(math.ceil(3 * sigma)))
+    r = max(1, math.ceil(3 * sigma))
     x = torch.arange(-r, r + 1, dtype=torch.float32, device=device)
     k = torch.exp(-0.5 * (x / sigma) ** 2)
     return k / k.sum()

@@ -116,7 +116,7 @@ class PatchLoader:
                     if stop.is_set():
                         return
                 q.put(_END)
-            except BaseException as e:  # surfaced in the consumer, never a silent hang
+            except BaseException as e:  # surfaced in the consumer, never a silent hang  # noqa: BLE001
                 q.put(e)
 
         t = threading.Thread(target=produce, name="seg3d-loader", daemon=True)

@@ -37,7 +37,7 @@ class UNetPlusPlus(nn.Module):
         # nodes[f"{i}_{j}"] for j >= 1, i + j <= L; keyed by string for ModuleDict
         self.ups, self.nodes, self.heads = nn.ModuleDict(), nn.ModuleDict(), nn.ModuleDict()
         for j in range(1, n):
-            for i in range(0, n - j):
+            for i in range(n - j):
                 self.ups[f"{i}_{j}"] = upsample(ndim, f[i + 1], f[i], s[i + 1])
                 self.nodes[f"{i}_{j}"] = conv_stage(ndim, (j + 1) * f[i], f[i], k[i], [1] * ndim)
         for key in self.supervised_nodes():
@@ -58,7 +58,7 @@ class UNetPlusPlus(nn.Module):
             x = stage(x)
             cols.append([x])
         for j in range(1, L + 1):
-            for i in range(0, L + 1 - j):
+            for i in range(L + 1 - j):
                 key = f"{i}_{j}"
                 up = self.ups[key](cols[i + 1][j - 1])
                 cols[i].append(self.nodes[key](torch.cat([*cols[i][:j], up], dim=1)))
