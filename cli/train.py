@@ -52,7 +52,6 @@ def register(app: typer.Typer) -> None:
         dataset: Path | None = typer.Option(None, "--dataset", "-d", help="Raw dataset folder (default: the "
                                             "one the plan records)."),
         output: Path | None = typer.Option(None, "-o", "--output", help="Model folder."),
-        tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to TensorBoard (if installed)."),
     ) -> None:
         """Train one or more folds."""
         from seg3d.training import train as run
@@ -63,13 +62,13 @@ def register(app: typer.Typer) -> None:
                 res = guarded(lambda: run(plan_dir, config_name=config, fold=f, model_dir=output, arch=arch,
                                           loss=loss, epochs=epochs, iters_per_epoch=iters_per_epoch,
                                           time_budget_min=time_budget_min, device=device, resume=resume,
-                                          optimizer=optimizer, seed=seed, num_workers=workers, dataset=dataset,
-                                          tensorboard=tensorboard, progress=progress,
+                                          optimizer=optimizer, seed=seed, num_workers=workers, dataset_dir=dataset,
+                                          progress=progress,
                                           log=lambda s: console.print(s, highlight=False)))
             val = res.get("validation") or {}
-            msg = f"fold {f}: {res['epochs']} epochs, {res['elapsed_s']:.0f} s; model in {res['model_dir']}"
-            if val.get("foreground_mean") is not None:
-                msg += f"; validation mean Dice {val['foreground_mean']:.4f} over {val['num_cases']} case(s)"
+            msg = f"fold {f}: {res['epochs']} epochs, {res['seconds']:.0f} s; model in {res['model_dir']}"
+            if val.get("mean_foreground_dice") is not None:
+                msg += f"; validation mean Dice {val['mean_foreground_dice']:.4f} over {val['n_cases']} case(s)"
             out.print(msg, highlight=False)
 
     @app.command(help="Build the preprocessing cache for a plan ahead of training (PLAN_DIR/cache/<config>): "
@@ -83,17 +82,14 @@ def register(app: typer.Typer) -> None:
                                            "(default: all cores)."),
     ) -> None:
         """Preprocess a dataset for a configuration."""
-        from seg3d.errors import Seg3dError
         from seg3d.planning.plan import Plan
         from seg3d.preprocessing import build_cache
-        from seg3d.training.trainer import resolve_dataset
+        from seg3d.training.trainer import resolve_dataset_dir
 
         def go():
             plan = Plan.load(plan_dir / "plans.json")
             plan.config(config)
-            ds = resolve_dataset(plan_dir, plan, dataset)
-            if ds is None:
-                raise Seg3dError("the plan does not record its dataset folder: pass --dataset", plan_dir)
+            ds = resolve_dataset_dir(plan, plan_dir, plan_dir / "cache" / config, dataset)
             with progress_bar(f"preprocessing {config}") as progress:
                 build_cache(ds, plan, config, plan_dir / "cache" / config, workers=workers, progress=progress)
             return plan_dir / "cache" / config

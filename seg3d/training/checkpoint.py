@@ -1,7 +1,7 @@
 """Checkpoints: written atomically (temp file, fsync, rename) so a kill never leaves an unloadable file.
 
-``checkpoint_latest.pt`` holds everything a resume needs: weights, optimizer, grad scaler, RNG states,
-epoch, elapsed training time, the schedule, the EMA/best pseudo-Dice and the log rows so far.
+``checkpoint_latest.pt`` holds everything a resume needs: weights, optimizer, grad scaler, RNG states, the
+schedule position (epoch, step, elapsed seconds) and the EMA/best pseudo-Dice.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from seg3d.atomic import atomic_path
 from seg3d.errors import Seg3dError
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """``torch.save`` to a temporary file next to ``path``, fsync, then rename over ``path``."""
     import torch
 
@@ -27,13 +27,13 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
             os.fsync(f.fileno())
 
 
-def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """A checkpoint written by :func:`save_checkpoint` (our own file: full unpickling is trusted)."""
     import torch
 
     path = Path(path)
     if not path.is_file():
-        raise Seg3dError("no checkpoint to resume from (train without --resume first)", path)
+        raise Seg3dError("checkpoint not found", path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a damaged file
@@ -43,7 +43,12 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def rng_states() -> dict[str, Any]:
+def unwrap(net):
+    """The network inside a DistributedDataParallel wrapper (or the network itself)."""
+    return getattr(net, "module", net)
+
+
+def rng_state() -> dict[str, Any]:
     import torch
 
     out = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
@@ -52,7 +57,7 @@ def rng_states() -> dict[str, Any]:
     return out
 
 
-def set_rng_states(states: dict[str, Any]) -> None:
+def set_rng_state(states: dict[str, Any]) -> None:
     import torch
 
     random.setstate(states["python"])
@@ -60,11 +65,3 @@ def set_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)

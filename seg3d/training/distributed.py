@@ -1,7 +1,8 @@
 """torch.distributed plumbing for runs launched by ``torchrun``.
 
 torchrun's launcher protocol sets ``RANK``/``LOCAL_RANK``/``WORLD_SIZE`` (and the rendezvous address); a
-plain ``seg3d train`` sees none of them and runs as a single process. gloo on CPU, nccl on CUDA.
+plain ``seg3d train`` sees none of them and runs as one process. gloo on CPU, nccl on CUDA. Rank 0 writes
+checkpoints and logs; every rank draws its own patches (the loader is seeded with the rank).
 """
 from __future__ import annotations
 
@@ -30,30 +31,38 @@ def launcher_info() -> DistInfo:
                     int(os.environ.get("WORLD_SIZE", 1)))
 
 
-def init(device_type: str) -> DistInfo:
+def init_distributed(device_type: str) -> DistInfo:
     """Join the process group when launched with several processes."""
     import torch
     import torch.distributed as dist
 
     info = launcher_info()
     if info.enabled and not dist.is_initialized():
-        backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(info.local_rank)
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
     return info
 
 
-def any_true(flag: bool, info: DistInfo, device) -> bool:
-    """True on every rank if it is true on any rank (so all ranks stop at the same iteration)."""
+def wrap_ddp(net, info: DistInfo, device):
     if not info.enabled:
-        return flag
+        return net
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def broadcast_float(value: float, info: DistInfo) -> float:
+    """Rank 0's value on every rank (so all ranks take the same time-budget decision)."""
+    if not info.enabled:
+        return value
     import torch
     import torch.distributed as dist
 
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([value], dtype=torch.float64, device=dev)
+    dist.broadcast(t, src=0)
+    return float(t.item())
 
 
 def barrier(info: DistInfo) -> None:
@@ -63,7 +72,7 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def cleanup(info: DistInfo) -> None:
+def shutdown(info: DistInfo) -> None:
     if info.enabled:
         import torch.distributed as dist
 

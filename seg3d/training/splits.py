@@ -32,8 +32,9 @@ def make_splits(case_ids: list[str], num_folds: int = 5, seed: int = SPLIT_SEED)
     return out
 
 
-def load_or_create_splits(model_dir: str | Path, case_ids: list[str], num_folds: int = 5) -> list[dict]:
-    """``MODEL_DIR/splits.json`` if it exists (checked against the cases), else new splits, saved."""
+def load_or_create_splits(model_dir: str | Path, case_ids: list[str], num_folds: int = 5,
+                          write: bool = True) -> list[dict]:
+    """``MODEL_DIR/splits.json`` if it exists (checked against the cases), else new splits, saved if ``write``."""
     path = Path(model_dir) / "splits.json"
     if path.is_file():
         try:
@@ -43,7 +44,8 @@ def load_or_create_splits(model_dir: str | Path, case_ids: list[str], num_folds:
         _check(splits, set(case_ids), path)
         return splits
     splits = make_splits(case_ids, num_folds)
-    write_json_atomic(path, splits)
+    if write:
+        write_json_atomic(path, splits)
     return splits
 
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from seg3d.errors import Seg3dError
-from seg3d.training.checkpoint import load_training_checkpoint, rng_states, save_checkpoint, set_rng_states
-from seg3d.training.logs import plot_progress, write_csv
-from seg3d.training.schedule import Schedule
+from seg3d.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from seg3d.training.logging import EpochLog
+from seg3d.training.schedule import default_schedule, training_fraction
 from seg3d.training.splits import fold_cases, load_or_create_splits, make_splits
 
 
@@ -39,22 +39,22 @@ def test_user_splits_are_respected_and_checked(tmp_path):
         load_or_create_splits(tmp_path, ids)
 
 
-def test_poly_schedule_by_epochs_and_by_time_budget():
-    s = Schedule(base_lr=0.01, epochs=10)
-    assert s.lr(s.fraction(0, 0, 50, 0.0)) == pytest.approx(0.01)
-    assert s.lr(s.fraction(5, 0, 50, 1e6)) == pytest.approx(0.01 * 0.5 ** 0.9)
-    assert s.done(10, 0.0) and not s.done(9, 0.0)
-    t = Schedule(base_lr=0.01, budget_s=600.0)  # the time fraction drives the decay: lr -> 0 at the budget
-    assert t.lr(t.fraction(3, 7, 50, 300.0)) == pytest.approx(0.01 * 0.5 ** 0.9)
-    assert t.lr(t.fraction(99, 0, 50, 600.0)) == 0.0
-    assert t.done(1, 600.0) and not t.done(10**6, 599.0)
-    w = Schedule(base_lr=1e-3, kind="warmup_poly", warmup=0.1, epochs=100)
-    assert w.lr(0.0) < w.lr(0.05) < w.lr(0.1) == pytest.approx(1e-3 * 0.9 ** 0.9)
+def test_poly_schedule_by_steps_and_by_time_budget():
+    s = default_schedule("sgd")
+    assert s.lr(training_fraction(0, 500, 0.0, None)) == pytest.approx(0.01)
+    assert s.lr(training_fraction(250, 500, 1e6, None)) == pytest.approx(0.01 * 0.5 ** 0.9)
+    # under a budget the time fraction drives the decay: lr -> 0 at the budget whatever the step count
+    assert s.lr(training_fraction(3, 10**9, 300.0, 600.0)) == pytest.approx(0.01 * 0.5 ** 0.9)
+    assert training_fraction(3, 10**9, 600.0, 600.0) == 1.0 and s.lr(1.0) == 0.0
+    w = default_schedule("adamw")
+    assert w.lr(0.0) < w.lr(0.03) < w.lr(0.05) == pytest.approx(1e-3 * 0.95 ** 0.9)
+    with pytest.raises(Seg3dError, match="optimizer"):
+        default_schedule("lbfgs")
 
 
 def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint_latest.pt"
-    save_checkpoint({"model": {"w": torch.ones(3)}, "epoch": 1}, path)
+    save_checkpoint(path, {"model": {"w": torch.ones(3)}, "epoch": 1})
 
     def boom(obj, f, *a, **k):
         f.write(b"half a checkpoint")
@@ -62,14 +62,14 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", boom)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint({"model": {"w": torch.zeros(3)}, "epoch": 2}, path)
+        save_checkpoint(path, {"model": {"w": torch.zeros(3)}, "epoch": 2})
     monkeypatch.undo()
-    ck = load_training_checkpoint(path)
+    ck = load_checkpoint(path)
     assert ck["epoch"] == 1 and torch.equal(ck["model"]["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_latest.pt"]  # no temporary left behind
     path.write_bytes(b"garbage")
     with pytest.raises(Seg3dError, match="cannot read checkpoint"):
-        load_training_checkpoint(path)
+        load_checkpoint(path)
 
 
 def test_rng_states_round_trip():
@@ -77,21 +77,22 @@ def test_rng_states_round_trip():
 
     import numpy as np
 
-    st = rng_states()
+    st = rng_state()
     a = (random.random(), np.random.rand(), torch.rand(1).item())
-    set_rng_states(st)
+    set_rng_state(st)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
 
 
 def test_log_csv_and_progress_png(tmp_path):
-    rows = [{"epoch": e, "train_loss": 1.0 / (e + 1), "val_loss": float("nan") if e == 0 else 0.5,
-             "pseudo_dice_mean": 0.1 * e, "ema_pseudo_dice": 0.05 * e, "lr": 0.01 * (1 - e / 4), "epoch_time_s": 2.0,
-             "elapsed_s": 2.0 * (e + 1), "data_wait_share": 0.1, "iterations": 5, "dice_core": 0.2 * e}
-            for e in range(3)]
-    write_csv(rows, tmp_path / "log.csv")
-    plot_progress(rows, tmp_path / "progress.png")
+    log = EpochLog(tmp_path, tensorboard=False)
+    for e in range(3):
+        log.append({"epoch": e, "train_loss": 1.0 / (e + 1), "val_loss": 0.5, "dice_core": 0.2 * e,
+                    "ema_dice": 0.05 * e, "lr": 0.01 * (1 - e / 4), "epoch_time_s": 2.0, "data_wait": 0.1})
+    log.plot()
     with open(tmp_path / "log.csv") as f:
         got = list(csv.DictReader(f))
-    assert [int(r["epoch"]) for r in got] == [0, 1, 2] and got[0]["val_loss"] == "nan"
+    assert [int(r["epoch"]) for r in got] == [0, 1, 2]
     assert float(got[2]["dice_core"]) == pytest.approx(0.4)
     assert (tmp_path / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    resumed = EpochLog(tmp_path, resume_epochs=2, tensorboard=False)  # a resume at epoch 2 drops later rows
+    assert [int(r["epoch"]) for r in resumed.rows] == [0, 1]
