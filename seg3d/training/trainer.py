@@ -191,7 +191,7 @@ def _train(plan, plan_dir, config, config_name, fold, model_dir, arch, loss, epo
     latest = fdir / "checkpoint_latest.pt"
     if resume and latest.is_file():
         saved = ck.load_checkpoint(latest)
-        for key, want in (("arch", arch), ("loss", loss), ("config", config_name), ("optimizer", optimizer_name)):
+        for key, want in (("arch", arch), ("loss", loss), ("config", config_name), ("optimizer_name", optimizer_name)):
             if saved.get(key, want) != want:
                 raise Seg3dError(f"cannot resume: the checkpoint was trained with {key} '{saved[key]}', not "
                                  f"'{want}'", latest)
@@ -293,7 +293,7 @@ def _train(plan, plan_dir, config, config_name, fold, model_dir, arch, loss, epo
             state["best_ema"], state["best_epoch"] = state["ema"], epoch
         if info.is_main:
             meta = {"arch": arch, "loss": loss, "config": config_name, "num_classes": plan.num_classes,
-                    "plan": _with_dataset(plan, dataset_dir).to_dict(), "optimizer": optimizer_name,
+                    "plan": _with_dataset(plan, dataset_dir).to_dict(), "optimizer_name": optimizer_name,
                     "seed": seed, "fold": str(fold), "budget_s": budget_s, "epochs": epochs, "iters": iters}
             weights = ck.unwrap(net).state_dict()
             ck.save_checkpoint(latest, {**meta, "model": weights, "optimizer": opt.state_dict(),
