@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
-
 from seg3d.cli.common import console, guarded, out, progress_bar
 
 FAST_STEP = 0.75  # --fast: no mirroring and fewer overlapping windows (Dice cost in benchmarks/RESULTS.md)
 
 
-def parse_folds(folds: Optional[list[str]]):
+def parse_folds(folds: list[str] | None):
     if not folds or folds == ["all-available"] or folds == ["all_available"]:
         return "all-available"
     for f in folds:
@@ -30,8 +28,8 @@ def register(app: typer.Typer) -> None:
                                        "(or <case>.nii.gz for one-channel models)."),
         output_dir: Path = typer.Option(..., "-o", "--output", help="Where the masks <case>.nii.gz go."),
         model_dir: Path = typer.Option(..., "-m", "--model", help="A model folder written by `seg3d train`."),
-        config: Optional[str] = typer.Option(None, "--config", help="Configuration (default: the model's)."),
-        folds: Optional[list[str]] = typer.Option(None, "--folds", "-f", help="Fold numbers, or all-available "
+        config: str | None = typer.Option(None, "--config", help="Configuration (default: the model's)."),
+        folds: list[str] | None = typer.Option(None, "--folds", "-f", help="Fold numbers, or all-available "
                                                   "(default). Repeat or list: --folds 0 1 2."),
         tta: bool = typer.Option(True, "--tta/--no-tta", help="Mirroring test-time augmentation."),
         step: float = typer.Option(0.5, "--step", help="Window step as a fraction of the patch (0.5 = half "
@@ -76,7 +74,7 @@ def register(app: typer.Typer) -> None:
     @app.command("decide-postprocessing")
     def decide(
         model_dir: Path = typer.Option(..., "-m", "--model", help="A model folder with fold_K/validation/."),
-        dataset_dir: Optional[Path] = typer.Option(None, "-d", "--dataset", help="The dataset folder with "
+        dataset_dir: Path | None = typer.Option(None, "-d", "--dataset", help="The dataset folder with "
                                                    "the reference labels (default: the one in the plan)."),
         fraction: float = typer.Option(1 / 3, "--fraction", help="Drop components smaller than this "
                                        "fraction of the class's largest."),

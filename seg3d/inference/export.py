@@ -39,7 +39,7 @@ def _write_nifti_like(array: np.ndarray, geometry: Geometry, out_path: Path, ref
 
     try:
         ref_img = nib.load(str(ref))
-    except Exception as e:  # noqa: BLE001 - an unusual header nibabel rejects: SimpleITK can still write it
+    except Exception as e:
         raise _Fallback from e
     hdr = ref_img.header.copy()
     data = np.asarray(array).T  # SimpleITK (z, y, x) -> NIfTI (x, y, z): ITK never flips the voxel data

@@ -8,12 +8,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from inference_helpers import write_case
 
 from seg3d.errors import Seg3dError
 from seg3d.inference.batch import list_input_cases, predict_folder, split_parts
 from seg3d.io.image import Geometry, read_image
-
-from inference_helpers import write_case
 
 GEO = Geometry((12, 10, 6), (1.0, 1.0, 2.0), (5.0, -3.0, 1.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
 
@@ -104,9 +103,8 @@ def test_corrupt_file_is_reported_and_the_rest_completes(tmp_path):
 
 
 def test_cli_exit_code_and_summary_for_a_broken_batch(tmp_path, tiny_model_dir):
-    from typer.testing import CliRunner
-
     from seg3d.cli.main import app
+    from typer.testing import CliRunner
 
     in_dir = tmp_path / "in"
     in_dir.mkdir()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from inference_helpers import make_model_dir, random_geometry, write_case
+
 from seg3d.errors import Seg3dError
 from seg3d.inference import Predictor, predict_folder
 from seg3d.io.image import Geometry, read_header, read_image, write_image

@@ -5,8 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from seg3d.inference.sliding_window import (gaussian_importance, mirror_combinations, sliding_window_predict,
-                                            window_starts)
+from seg3d.inference.sliding_window import (
+    gaussian_importance,
+    mirror_combinations,
+    sliding_window_predict,
+    window_starts,
+)
 
 
 @pytest.mark.parametrize("size,patch,step", [(70, 32, 0.5), (33, 32, 0.5), (32, 32, 0.5), (100, 16, 0.25),
