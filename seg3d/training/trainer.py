@@ -212,7 +212,7 @@ def _train(plan, plan_dir, config, config_name, fold, model_dir, arch, loss, epo
 
     from seg3d.data import make_loader
 
-    loader = make_loader(cache, train_ids, plan, config, batch_size=config.batch_size, workers=num_workers,
+    loader = make_loader(cache, train_ids, plan, config, batch_size=config.batch_size, workers=num_workers or 0,
                          seed=seed, rank=info.rank, world_size=info.world_size)
     val_source = val_ids or train_ids
     val_data = _fixed_batches(make_loader(cache, val_source, plan, config, batch_size=config.batch_size,
