@@ -11,43 +11,28 @@ The dataset folder must be named DatasetXXX_Name (nnU-Net finds it by id under i
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from common import base_parser, run_timed
+from common import dataset_id as nnunet_dataset_id
 
 SCAN = ("import sys; from seg3d.fingerprint import scan_dataset; "
         "p, fp = scan_dataset(sys.argv[1], workers=int(sys.argv[2])); "
         "assert fp is not None, p; print(len(fp.cases), fp.median_spacing)")
 
 
-def _run(cmd: list[str], env: dict | None = None) -> float:
-    t = time.perf_counter()
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    dt = time.perf_counter() - t
-    if res.returncode != 0:
-        sys.exit(f"failed ({res.returncode}): {' '.join(cmd)}\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
-    return dt
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", type=Path, default=REPO.parent / "shared/data/Dataset004_Hippocampus")
-    ap.add_argument("--nnunet-bin", type=Path, default=None, help="folder holding nnUNetv2_* (omit: seg3d only)")
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=3)
+    ap = base_parser(__doc__)
     args = ap.parse_args()
     ds = args.dataset.resolve()
     py = sys.executable
     seg3d_bin = str(Path(py).with_name("seg3d"))
-    dataset_id = str(int(ds.name.split("_")[0][len("Dataset"):]))
+    dataset_id = nnunet_dataset_id(ds)
     tmp = Path(tempfile.mkdtemp(prefix="bench_fp_"))
     env = dict(os.environ, nnUNet_raw=str(ds.parent), nnUNet_preprocessed=str(tmp / "pre"),
                nnUNet_results=str(tmp / "res"))
@@ -62,7 +47,7 @@ def main() -> None:
     try:
         for rep in range(args.reps):  # interleaved: a load spike hits both tools alike
             for name, cmd in runs.items():
-                times[name].append(_run(cmd, env))
+                times[name].append(run_timed(cmd, env))
                 print(f"rep {rep}: {name}: {times[name][-1]:.2f} s", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

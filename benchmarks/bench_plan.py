@@ -14,27 +14,16 @@ Prints both plans (patch, batch, spacing, stages, features) and the speed ratio 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _run(cmd: list[str], env: dict | None = None) -> float:
-    t = time.perf_counter()
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    dt = time.perf_counter() - t
-    if res.returncode != 0:
-        sys.exit(f"failed ({res.returncode}): {' '.join(cmd)}\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
-    return dt
+from common import base_parser, run_timed
+from common import dataset_id as nnunet_dataset_id
 
 
 def _ours(plan_dir: Path) -> dict:
@@ -57,15 +46,11 @@ def _theirs(pre: Path, ds_name: str) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", type=Path, default=REPO.parent / "shared/data/Dataset004_Hippocampus")
-    ap.add_argument("--nnunet-bin", type=Path, default=None, help="folder holding nnUNetv2_* (omit: seg3d only)")
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=3)
+    ap = base_parser(__doc__)
     ap.add_argument("--preset", default="8gb")
     args = ap.parse_args()
     ds = args.dataset.resolve()
-    dataset_id = str(int(ds.name.split("_")[0][len("Dataset"):]))
+    dataset_id = nnunet_dataset_id(ds)
     seg3d_bin = str(Path(sys.executable).with_name("seg3d"))
     tmp = Path(tempfile.mkdtemp(prefix="bench_plan_"))
     (tmp / "raw").mkdir()
@@ -79,13 +64,13 @@ def main() -> None:
     try:
         for rep in range(args.reps):  # interleaved: a load spike hits both tools alike
             shutil.rmtree(plan_dir, ignore_errors=True)
-            times["seg3d plan"].append(_run([seg3d_bin, "plan", str(ds), "-o", str(plan_dir), "--preset",
+            times["seg3d plan"].append(run_timed([seg3d_bin, "plan", str(ds), "-o", str(plan_dir), "--preset",
                                              args.preset, "--workers", str(args.workers)]))
             line = f"rep {rep}: seg3d plan {times['seg3d plan'][-1]:.2f} s"
             if args.nnunet_bin:
-                fp = _run([str(args.nnunet_bin / "nnUNetv2_extract_fingerprint"), "-d", dataset_id,
+                fp = run_timed([str(args.nnunet_bin / "nnUNetv2_extract_fingerprint"), "-d", dataset_id,
                            "-np", str(args.workers), "--clean"], env)
-                pl = _run([str(args.nnunet_bin / "nnUNetv2_plan_experiment"), "-d", dataset_id], env)
+                pl = run_timed([str(args.nnunet_bin / "nnUNetv2_plan_experiment"), "-d", dataset_id], env)
                 times["nnU-Net extract_fingerprint"].append(fp)
                 times["nnU-Net plan_experiment"].append(pl)
                 times["nnU-Net total"].append(fp + pl)
