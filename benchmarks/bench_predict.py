@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import REPO, seg3d_plan_from_nnunet
 
-REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "Dataset004_Hippocampus"
 
 CONVERT = r'''
@@ -70,51 +70,54 @@ torch.save({"network_weights": out, "init_args": {"configuration": "3d_fullres"}
 '''
 
 
-def seg3d_plan_from_nnunet(nn_plans: dict, dataset: dict):
-    from seg3d.planning.plan import ChannelNormalization, Configuration, Plan, Topology
-
-    c = nn_plans["configurations"]["3d_fullres"]
+def nnunet_plans_like(nn_plans: dict, plan) -> dict:
+    """nnU-Net's plans with its 3d_fullres network, patch and spacing replaced by the seg3d plan's."""
+    out = json.loads(json.dumps(nn_plans))
+    c, cfg = out["configurations"]["3d_fullres"], plan.config("3d_fullres")
+    topo = cfg.topology
+    c.update(patch_size=list(cfg.patch_size), batch_size=cfg.batch_size, spacing=list(cfg.spacing))
     ak = c["architecture"]["arch_kwargs"]
-    topo = Topology(tuple(tuple(k) for k in ak["kernel_sizes"]), tuple(tuple(s) for s in ak["strides"]),
-                    tuple(ak["features_per_stage"]))
-    cfg = Configuration("3d_fullres", tuple(c["spacing"]), tuple(c["patch_size"]), c["batch_size"], topo,
-                        tuple(int(v) for v in c["median_image_size_in_voxels"]), 0.0, precision="fp32",
-                        mirror_axes=(0, 1, 2))
-    names = [dataset["channel_names"][str(i)] for i in range(len(dataset["channel_names"]))]
-    return Plan(dataset_name=nn_plans["dataset_name"], channel_names=tuple(names),
-                labels={k: int(v) for k, v in dataset["labels"].items()},
-                normalization=tuple(ChannelNormalization(n, "zscore") for n in names),
-                configurations={"3d_fullres": cfg},
-                original_median_spacing=tuple(nn_plans["original_median_spacing_after_transp"]),
-                original_median_shape=tuple(int(v) for v in nn_plans["original_median_shape_after_transp"]),
-                preset="nnunet-equivalent", extra={"dataset_dir": str(DATA)})
+    n = topo.num_stages
+    ak.update(n_stages=n, features_per_stage=list(topo.features), kernel_sizes=[list(k) for k in topo.kernel_sizes],
+              strides=[list(s) for s in topo.strides], n_conv_per_stage=[2] * n, n_conv_per_stage_decoder=[2] * (n - 1))
+    return out
 
 
 def build_models(work: Path, nn_plans_dir: Path, nnunet_bin: Path, seg3d_model: Path | None) -> tuple[Path, Path]:
+    """A seg3d and an nnU-Net model folder holding the same network and weights.
+
+    With ``seg3d_model`` (a trained seg3d model folder): its plan and fold-0 weights, and nnU-Net's plans with
+    that network. Without: nnU-Net's own plan and a seeded random initialisation.
+    """
     import torch
 
     from seg3d.model_dir import ModelInfo
     from seg3d.nets import build_network
+    from seg3d.planning.plan import Plan
 
     nn_plans = json.loads((nn_plans_dir / "nnUNetPlans.json").read_text())
     dataset = json.loads((DATA / "dataset.json").read_text())
-    plan = seg3d_plan_from_nnunet(nn_plans, dataset)
     s3 = work / "seg3d_model"
-    (s3 / "fold_0").mkdir(parents=True, exist_ok=True)
-    plan.save(s3 / "plans.json")
-    ModelInfo(config="3d_fullres").save(s3)
+    shutil.rmtree(s3, ignore_errors=True)
+    (s3 / "fold_0").mkdir(parents=True)
     ckpt = s3 / "fold_0" / "checkpoint_final.pt"
     if seg3d_model is not None:
+        plan = Plan.load(seg3d_model / "plans.json")
+        nn_plans = nnunet_plans_like(nn_plans, plan)
         shutil.copy(seg3d_model / "fold_0" / "checkpoint_final.pt", ckpt)
     else:
+        plan = seg3d_plan_from_nnunet(nn_plans, dataset, DATA)
         torch.manual_seed(0)
         net = build_network(plan.config("3d_fullres"), plan.num_channels, plan.num_classes)
         torch.save({"model": net.state_dict(), "arch": "unet", "config": "3d_fullres",
                     "num_classes": plan.num_classes}, ckpt)
+    plan.save(s3 / "plans.json")
+    ModelInfo(config="3d_fullres").save(s3)
     nn = work / "nnunet_model"
     (nn / "fold_0").mkdir(parents=True, exist_ok=True)
-    for name in ("nnUNetPlans.json", "dataset.json", "dataset_fingerprint.json"):
-        shutil.copy(nn_plans_dir / name, nn / ("plans.json" if name == "nnUNetPlans.json" else name))
+    (nn / "plans.json").write_text(json.dumps(nn_plans, indent=2))
+    for name in ("dataset.json", "dataset_fingerprint.json"):
+        shutil.copy(nn_plans_dir / name, nn / name)
     c = nn_plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
     args = {"in": plan.num_channels, "stages": c["n_stages"], "features": c["features_per_stage"],
             "kernels": c["kernel_sizes"], "strides": c["strides"], "classes": plan.num_classes}
@@ -179,13 +182,17 @@ def main() -> None:
     ap.add_argument("--cases", type=int, default=20)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--no-tta", action="store_true")
+    ap.add_argument("--also-fast", action="store_true", help="also time `seg3d predict --fast` and score it")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_predict"))
     a = ap.parse_args()
     work = a.work
     work.mkdir(parents=True, exist_ok=True)
     s3_model, nn_model = build_models(work, a.nnunet_plans, a.nnunet_bin, a.seg3d_model)
-    # the last cases of the sorted list (fold-0 training never saw them only if trained that way: see notes)
-    ids = sorted(p.name[:-len(".nii.gz")] for p in (DATA / "labelsTr").glob("*.nii.gz"))[-a.cases:]
+    if a.seg3d_model is not None and (a.seg3d_model / "splits.json").is_file():
+        # the trained fold's validation cases: never seen in training
+        ids = sorted(json.loads((a.seg3d_model / "splits.json").read_text())[0]["val"])[:a.cases]
+    else:  # random weights: any cases
+        ids = sorted(p.name[:-len(".nii.gz")] for p in (DATA / "labelsTr").glob("*.nii.gz"))[-a.cases:]
     in_dir = work / "input"
     in_dir.mkdir(exist_ok=True)
     for cid in ids:
@@ -195,14 +202,16 @@ def main() -> None:
     env = dict(os.environ, nnUNet_raw=str(work), nnUNet_preprocessed=str(work), nnUNet_results=str(work))
     tta = [] if not a.no_tta else ["--no-tta"]
     nn_tta = [] if not a.no_tta else ["--disable_tta"]
-    rows = {"seg3d": [], "nnunet": []}
+    rows: dict[str, list] = {"seg3d": [], "nnunet": [], **({"seg3d_fast": []} if a.also_fast else {})}
     for rep in range(a.reps):
-        for tool in ("seg3d", "nnunet") if rep % 2 == 0 else ("nnunet", "seg3d"):
+        order = ["seg3d", "nnunet"] if rep % 2 == 0 else ["nnunet", "seg3d"]
+        for tool in order + (["seg3d_fast"] if a.also_fast else []):
             out = work / f"out_{tool}"
             shutil.rmtree(out, ignore_errors=True)
-            if tool == "seg3d":
+            if tool.startswith("seg3d"):
                 cmd = [str(REPO / ".venv" / "bin" / "seg3d"), "predict", "-i", str(in_dir), "-o", str(out),
-                       "-m", str(s3_model), "--folds", "0", "--device", "cpu", "--no-postprocess", *tta]
+                       "-m", str(s3_model), "--folds", "0", "--device", "cpu", "--no-postprocess",
+                       *(["--fast"] if tool == "seg3d_fast" else tta)]
             else:
                 cmd = [str(a.nnunet_bin / "nnUNetv2_predict_from_modelfolder"), "-i", str(in_dir), "-o",
                        str(out), "-m", str(nn_model), "-f", "0", "-device", "cpu", *nn_tta]

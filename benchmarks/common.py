@@ -33,3 +33,24 @@ def base_parser(doc: str | None) -> argparse.ArgumentParser:
 def dataset_id(ds: Path) -> str:
     """nnU-Net's numeric id from a folder named DatasetXXX_Name."""
     return str(int(ds.name.split("_")[0][len("Dataset"):]))
+
+
+def seg3d_plan_from_nnunet(nn_plans: dict, dataset: dict, dataset_dir: Path, config: str = "3d_fullres"):
+    """A seg3d Plan equal to nnU-Net's configuration (patch, batch, topology, spacing, z-score): same network."""
+    from seg3d.planning.plan import ChannelNormalization, Configuration, Plan, Topology
+
+    c = nn_plans["configurations"][config]
+    ak = c["architecture"]["arch_kwargs"]
+    topo = Topology(tuple(tuple(k) for k in ak["kernel_sizes"]), tuple(tuple(s) for s in ak["strides"]),
+                    tuple(ak["features_per_stage"]))
+    cfg = Configuration("3d_fullres", tuple(c["spacing"]), tuple(c["patch_size"]), c["batch_size"], topo,
+                        tuple(int(v) for v in c["median_image_size_in_voxels"]), 0.0, precision="fp32",
+                        mirror_axes=(0, 1, 2))
+    names = [dataset["channel_names"][str(i)] for i in range(len(dataset["channel_names"]))]
+    return Plan(dataset_name=nn_plans["dataset_name"], channel_names=tuple(names),
+                labels={k: int(v) for k, v in dataset["labels"].items()},
+                normalization=tuple(ChannelNormalization(n, "zscore") for n in names),
+                configurations={"3d_fullres": cfg},
+                original_median_spacing=tuple(nn_plans["original_median_spacing_after_transp"]),
+                original_median_shape=tuple(int(v) for v in nn_plans["original_median_shape_after_transp"]),
+                preset="nnunet-equivalent", extra={"dataset_dir": str(dataset_dir)})

@@ -4,7 +4,6 @@ from __future__ import annotations
 import importlib
 
 import typer
-
 from seg3d.cli.common import set_debug
 
 app = typer.Typer(
@@ -26,13 +25,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 
 
 for _name in COMMAND_MODULES:
-    try:
-        _mod = importlib.import_module(f"seg3d.cli.{_name}")
-    except ModuleNotFoundError as _e:  # a command module not written yet must not break the others
-        if _e.name != f"seg3d.cli.{_name}":
-            raise
-        continue
-    _mod.register(app)
+    importlib.import_module(f"seg3d.cli.{_name}").register(app)
 
 
 def main() -> None:  # pragma: no cover

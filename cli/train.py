@@ -46,7 +46,13 @@ def register(app: typer.Typer) -> None:
                                                           "learning rate decays to ~0 at the budget."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
         resume: bool = typer.Option(False, "--resume", help="Continue from fold_K/checkpoint_latest.pt."),
-        optimizer: str = typer.Option("sgd", "--optimizer", help="sgd (Nesterov, poly) or adamw (warm-up)."),
+        optimizer: str | None = typer.Option(None, "--optimizer", help="sgd (Nesterov, poly) or adamw (warm-up). "
+                                             "Default: the plan's preset (cpu: adamw), else sgd."),
+        lr: float | None = typer.Option(None, "--lr", min=0.0, help="Base learning rate (default: the plan's "
+                                        "preset, else 0.01 for sgd, 0.001 for adamw)."),
+        augmentation: str | None = typer.Option(None, "--augmentation", help="default (nnU-Net's), light "
+                                                "(mirroring + mild intensity; for runs of a few hundred "
+                                                "iterations) or none. Default: the plan's preset, else default."),
         seed: int = typer.Option(0, "--seed", help="Random seed (recorded in the log and checkpoints)."),
         workers: int | None = typer.Option(None, "--workers", "-w", min=0, help="Data-loading workers."),
         dataset: Path | None = typer.Option(None, "--dataset", "-d", help="Raw dataset folder (default: the "
@@ -62,7 +68,8 @@ def register(app: typer.Typer) -> None:
                 res = guarded(lambda: run(plan_dir, config_name=config, fold=f, model_dir=output, arch=arch,
                                           loss=loss, epochs=epochs, iters_per_epoch=iters_per_epoch,
                                           time_budget_min=time_budget_min, device=device, resume=resume,
-                                          optimizer=optimizer, seed=seed, num_workers=workers, dataset_dir=dataset,
+                                          optimizer=optimizer, lr=lr, augmentation=augmentation, seed=seed,
+                                          num_workers=workers, dataset_dir=dataset,
                                           progress=progress,
                                           log=lambda s: console.print(s, highlight=False)))
             val = res.get("validation") or {}

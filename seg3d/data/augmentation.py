@@ -45,6 +45,27 @@ class AugmentationParams:
     p_mirror: float = 0.5               # per axis in mirror_axes
 
 
+# Named settings for ``seg3d train --augmentation``. ``default``: nnU-Net's probabilities, for full-length
+# runs where variety fights over-fitting. ``light``: mirroring plus mild brightness/contrast/gamma, for runs of a
+# few hundred iterations, which under-fit rather than over-fit: spatial and degradation transforms slow early
+# learning there (measured on the hippocampus data, benchmarks/RESULTS.md "Training"). ``none``: no augmentation.
+AUGMENTATION_PRESETS: dict[str, AugmentationParams | None] = {
+    "default": AugmentationParams(),
+    "light": AugmentationParams(p_rotation=0.0, p_scale=0.0, p_noise=0.0, p_blur=0.0, p_brightness=0.15,
+                                p_contrast=0.15, p_lowres=0.0, p_gamma=0.15, p_gamma_inverted=0.0),
+    "none": None,
+}
+
+
+def augmentation_preset(name: str) -> AugmentationParams | None:
+    """The :data:`AUGMENTATION_PRESETS` entry ``name`` (``None``: augmentation off)."""
+    if name not in AUGMENTATION_PRESETS:
+        from seg3d.errors import Seg3dError
+
+        raise Seg3dError(f"unknown augmentation '{name}' (choose from {', '.join(AUGMENTATION_PRESETS)})")
+    return AUGMENTATION_PRESETS[name]
+
+
 def _rotation(angles: Sequence[float], ndim: int, inplane_axis: int | None) -> np.ndarray:
     """Rotation matrix in array-axis order. 3D: about each axis in turn; in-plane: about ``inplane_axis``."""
     if ndim == 2:

@@ -71,7 +71,8 @@ def plan_from_fingerprint(fp, preset: Preset | str = "8gb", progress: ProgressFn
                 normalization=plan_normalization(fp), configurations=configs,
                 original_median_spacing=tuple(round(float(v), 6) for v in np.median(spacings, axis=0)),
                 original_median_shape=tuple(int(v) for v in np.median(fp.shapes, axis=0)), preset=preset.name,
-                gpu_memory_gb=float(preset.memory_gb), fingerprint_digest=fp.digest, notes=tuple(notes))
+                gpu_memory_gb=float(preset.memory_gb), fingerprint_digest=fp.digest, notes=tuple(notes),
+                extra={"training": dict(preset.training)} if preset.training else {})
     plan.validate()
     return plan
 

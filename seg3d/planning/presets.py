@@ -7,7 +7,7 @@ files themselves (``"_doc"``).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 
 from seg3d.errors import Seg3dError
@@ -36,6 +36,11 @@ class Preset:
     min_feature_map: int
     configurations: tuple[str, ...]
     description: str = ""
+    # shrink a patch padded beyond the median image back inside it (padding is compute a CPU cannot spare)
+    patch_within_image: bool = False
+    # defaults for `seg3d train` on plans made with this preset (optimizer, lr, augmentation); recorded in the
+    # plan's extra["training"], overridden by the command line
+    training: dict = field(default_factory=dict)
 
 
 def load_preset(name: str, memory_gb: float | None = None) -> Preset:
@@ -66,6 +71,9 @@ def preset_from_dict(raw: dict) -> Preset:
         raise Seg3dError(f"preset '{raw.get('name')}' is incomplete: {e}") from None
     if p.precision not in ("fp16", "bf16", "fp32") or p.optimizer not in ("sgd", "adamw"):
         raise Seg3dError(f"preset '{p.name}': precision must be fp16/bf16/fp32 and optimizer sgd/adamw")
+    unknown_training = sorted(set(p.training) - {"optimizer", "lr", "augmentation"})
+    if unknown_training:
+        raise Seg3dError(f"preset '{p.name}': unknown training defaults: {', '.join(unknown_training)}")
     if "3d_fullres" not in p.configurations or p.min_batch < 1:
         raise Seg3dError(f"preset '{p.name}': needs 3d_fullres among its configurations and min_batch >= 1")
     return p

@@ -27,12 +27,19 @@ class Schedule:
         return self.base_lr * (1.0 - f) ** self.exponent
 
 
-def default_schedule(optimizer: str) -> Schedule:
-    """nnU-Net's SGD (lr 1e-2, Nesterov momentum 0.99, wd 3e-5, poly 0.9); AdamW: lr 1e-3, 5% warm-up."""
+def default_schedule(optimizer: str, lr: float | None = None) -> Schedule:
+    """nnU-Net's SGD (lr 1e-2, Nesterov momentum 0.99, wd 3e-5, poly 0.9); AdamW: lr 1e-3, 5% warm-up.
+
+    ``lr`` replaces the optimizer's base learning rate.
+    """
+    if lr is not None and not lr > 0:
+        from seg3d.errors import Seg3dError
+
+        raise Seg3dError(f"the learning rate must be > 0, got {lr}")
     if optimizer == "sgd":
-        return Schedule()
+        return Schedule(base_lr=lr or 1e-2)
     if optimizer == "adamw":
-        return Schedule(base_lr=1e-3, kind="warmup_poly", warmup=0.05, weight_decay=1e-2)
+        return Schedule(base_lr=lr or 1e-3, kind="warmup_poly", warmup=0.05, weight_decay=1e-2)
     from seg3d.errors import Seg3dError
 
     raise Seg3dError(f"unknown optimizer '{optimizer}' (use sgd or adamw)")

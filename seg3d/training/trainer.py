@@ -60,6 +60,14 @@ def resolve_dataset_dir(plan, plan_dir: Path, cache_dir: Path, dataset_dir: str 
                      "cache exists): pass it with --dataset", plan_dir / "plans.json")
 
 
+def training_defaults(plan, optimizer: str | None, lr: float | None,
+                      augmentation: str | None) -> tuple[str, float | None, str]:
+    """Optimizer, learning rate and augmentation: as given, else the plan's preset defaults, else nnU-Net's."""
+    d = plan.extra.get("training") or {}
+    return (optimizer or d.get("optimizer") or "sgd", lr if lr is not None else d.get("lr"),
+            augmentation or d.get("augmentation") or "default")
+
+
 def _seed_everything(seed: int) -> None:
     import torch
 
@@ -83,11 +91,11 @@ def _param_flops_line(net, config, in_channels: int) -> str:
 def train(plan_dir: str | Path, config_name: str = "3d_fullres", fold: int | str = 0,
           model_dir: str | Path | None = None, arch: str = "unet", loss: str = "ce_dice",
           epochs: int | None = None, iters_per_epoch: int | None = None, time_budget_min: float | None = None,
-          device: str = "auto", resume: bool = False, optimizer: str = "sgd", seed: int = 0,
+          device: str = "auto", resume: bool = False, optimizer: str | None = None, seed: int = 0,
           num_workers: int | None = None, progress: ProgressFn | None = None,
           log: Callable[[str], None] = print, dataset_dir: str | Path | None = None, precision: str = "auto",
           val_batches: int = VAL_BATCHES, validate: bool = True, validation_tta: bool = True,
-          cache_workers: int | None = None) -> dict[str, Any]:
+          cache_workers: int | None = None, lr: float | None = None, augmentation: str | None = None) -> dict[str, Any]:
     """Train one fold; returns a dict of results (epochs, steps, seconds, best EMA pseudo-Dice, validation).
 
     ``model_dir`` defaults to ``PLAN_DIR/models/<config>_<arch>_<loss>``. ``fold``: 0..K-1 or ``"all"``
@@ -96,7 +104,9 @@ def train(plan_dir: str | Path, config_name: str = "3d_fullres", fold: int | str
     budget with the learning rate decayed to ~0 there (the budget counts training and per-epoch validation,
     not building the cache or the end-of-fold validation). ``precision``: ``auto`` (fp16 AMP on CUDA, bf16
     on CPUs with native bf16, else fp32), ``fp32``, ``bf16``, ``fp16``. ``dataset_dir``: only needed when
-    neither the plan nor an existing cache records it.
+    neither the plan nor an existing cache records it. ``optimizer`` (sgd | adamw), ``lr`` and ``augmentation``
+    (see :data:`seg3d.data.AUGMENTATION_PRESETS`) default to the plan's preset (``extra["training"]``; the ``cpu``
+    preset trains short runs with AdamW and light augmentation), else nnU-Net's SGD and augmentation.
     """
     import torch
 
@@ -106,6 +116,7 @@ def train(plan_dir: str | Path, config_name: str = "3d_fullres", fold: int | str
     plan_dir = Path(plan_dir)
     plan = Plan.load(plan_dir)
     config = plan.config(config_name)
+    optimizer, lr, augmentation = training_defaults(plan, optimizer, lr, augmentation)
     if time_budget_min is not None and not time_budget_min > 0:
         raise Seg3dError(f"--time-budget-min must be > 0, got {time_budget_min}")
     if epochs is not None and epochs < 1 or iters_per_epoch is not None and iters_per_epoch < 1:
@@ -126,14 +137,14 @@ def train(plan_dir: str | Path, config_name: str = "3d_fullres", fold: int | str
     try:
         return _train(plan, plan_dir, config, config_name, fold, model_dir, arch, loss, epochs, iters_per_epoch,
                       budget_s, dev, info, resume, optimizer, seed, num_workers, progress, log, dataset_dir,
-                      precision, val_batches, validate, validation_tta, cache_workers)
+                      precision, val_batches, validate, validation_tta, cache_workers, lr, augmentation)
     finally:
         dist_mod.shutdown(info)
 
 
 def _train(plan, plan_dir, config, config_name, fold, model_dir, arch, loss, epochs, iters, budget_s, dev,
            info: DistInfo, resume, optimizer_name, seed, num_workers, progress, log, dataset_dir, precision,
-           val_batches, validate, validation_tta, cache_workers) -> dict[str, Any]:
+           val_batches, validate, validation_tta, cache_workers, lr, augmentation) -> dict[str, Any]:
     import torch
 
     from seg3d.inference.sliding_window import resolve_precision
@@ -179,11 +190,13 @@ def _train(plan, plan_dir, config, config_name, fold, model_dir, arch, loss, epo
     _seed_everything(seed)
     net = build_network(config, plan.num_channels, plan.num_classes, arch=arch, deep_supervision=True).to(dev)
     amp = resolve_precision(precision, dev)
-    channels_last = config.ndim == 3 and (dev.type == "cuda" or amp is not None)
+    # channels-last-3d: faster on CUDA and under bf16, and ~15% faster in fp32 on this AVX2 CPU too (measured:
+    # cpu-preset hippocampus step 0.95 s vs 1.13 s)
+    channels_last = config.ndim == 3
     if channels_last:
         net = net.to(memory_format=torch.channels_last_3d)
     loss_fn = build_loss(loss, plan.num_classes, batch_dice=config.batch_dice)
-    sched = default_schedule(optimizer_name)
+    sched = default_schedule(optimizer_name, lr)
     opt = build_optimizer(net.parameters(), optimizer_name, sched)
     scaler = torch.amp.GradScaler("cuda", enabled=(amp == torch.float16 and dev.type == "cuda"))
 
@@ -210,15 +223,17 @@ def _train(plan, plan_dir, config, config_name, fold, model_dir, arch, loss, epo
         log(f"no checkpoint to resume in {fdir}; starting fold {fold} from scratch")
     model = dist_mod.wrap_ddp(net, info, dev)
 
-    from seg3d.data import make_loader
+    from seg3d.data import augmentation_preset, make_loader
 
     loader = make_loader(cache, train_ids, plan, config, batch_size=config.batch_size, workers=num_workers or 0,
+                         augment=augmentation_preset(augmentation),
                          seed=seed, rank=info.rank, world_size=info.world_size)
     val_source = val_ids or train_ids
     val_data = _fixed_batches(make_loader(cache, val_source, plan, config, batch_size=config.batch_size,
                                           augment=None, workers=0, seed=seed + 7919), val_batches)
 
-    log(f"training {arch} ({config_name}, loss {loss}, optimizer {optimizer_name}) fold {fold}: "
+    log(f"training {arch} ({config_name}, loss {loss}, optimizer {optimizer_name} lr {sched.base_lr:g}, augmentation "
+        f"{augmentation}) fold {fold}: "
         f"{len(train_ids)} training / {len(val_ids)} validation cases, patch {config.patch_size}, batch "
         f"{config.batch_size}, device {dev}{f' x{info.world_size} ranks' if info.enabled else ''}, precision "
         f"{_pname(amp)}{', channels-last' if channels_last else ''}, seed {seed}")

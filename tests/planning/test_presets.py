@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -24,3 +25,15 @@ def test_presets_load_and_memory_override():
         load_preset("12gb")
     with pytest.raises(Seg3dError):
         load_preset("8gb", memory_gb=0.1)
+
+
+def test_cpu_preset_training_defaults_reach_the_plan_and_are_checked():
+    from seg3d.planning.presets import load_preset, preset_from_dict
+
+    cpu = load_preset("cpu")
+    assert cpu.training == {"optimizer": "adamw", "lr": 0.003, "augmentation": "light"}
+    assert load_preset("8gb").training == {}  # GPU presets train nnU-Net's way
+    raw = json.loads((REPO / "plans" / "presets" / "cpu.json").read_text())
+    raw["training"] = {"optimiser": "adamw"}
+    with pytest.raises(Seg3dError, match="unknown training defaults: optimiser"):
+        preset_from_dict(raw)

@@ -77,3 +77,18 @@ def test_a_budget_nothing_fits_gives_a_note_not_a_crash(fingerprint):
     cfg = plan.config("3d_fullres")
     assert cfg.batch_size == 2 and cfg.estimated_memory_gb > 0.501
     assert any("exceeds" in n for n in plan.notes)
+
+
+def test_cpu_preset_keeps_the_patch_inside_the_median_image(fingerprint):
+    # hippocampus-like: median 36x50x35 at 1 mm. GPU presets pad the patch up to the pooling multiple
+    # (40x56x40, as nnU-Net does); the cpu preset shrinks it back inside the image (padding is wasted compute)
+    fp = fingerprint([(1, 1, 1)] * 40, [(36, 50, 35)] * 40)
+    gpu = plan_from_fingerprint(fp, "8gb").config("3d_fullres")
+    cpu = plan_from_fingerprint(fp, "cpu").config("3d_fullres")
+    assert gpu.patch_size == (40, 56, 40)
+    assert cpu.patch_size == (32, 48, 32)
+    for p, s in zip(cpu.patch_size, cpu.topology.total_stride):
+        assert p % s == 0
+    # an image smaller than the pooling floor keeps the smallest legal patch rather than none
+    tiny = plan_from_fingerprint(fingerprint([(1, 1, 1)] * 40, [(6, 50, 35)] * 40), "cpu").config("3d_fullres")
+    assert all(p >= 1 for p in tiny.patch_size) and tiny.patch_size[1:] == (48, 32)

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -96,3 +98,34 @@ def test_log_csv_and_progress_png(tmp_path):
     assert (tmp_path / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     resumed = EpochLog(tmp_path, resume_epochs=2, tensorboard=False)  # a resume at epoch 2 drops later rows
     assert [int(r["epoch"]) for r in resumed.rows] == [0, 1]
+
+
+def test_training_defaults_come_from_the_plan_and_the_command_line_wins(tiny_plan):
+    from dataclasses import replace
+
+    from seg3d.training.trainer import training_defaults
+
+    assert training_defaults(tiny_plan, None, None, None) == ("sgd", None, "default")  # nnU-Net's
+    cpu_like = replace(tiny_plan, extra={"training": {"optimizer": "adamw", "lr": 0.003, "augmentation": "light"}})
+    assert training_defaults(cpu_like, None, None, None) == ("adamw", 0.003, "light")
+    assert training_defaults(cpu_like, "sgd", 0.02, "none") == ("sgd", 0.02, "none")
+    assert default_schedule("adamw", 0.003).base_lr == 0.003 and default_schedule("sgd").base_lr == 0.01
+    with pytest.raises(Seg3dError, match="learning rate"):
+        default_schedule("sgd", -1.0)
+
+
+def test_augmentation_presets():
+    from seg3d.data import augment_batch, augmentation_preset
+
+    assert augmentation_preset("none") is None
+    with pytest.raises(Seg3dError, match="unknown augmentation 'heavy'"):
+        augmentation_preset("heavy")
+    light = augmentation_preset("light")
+    # light = no resampling: the label patch is the exact crop, possibly mirrored, never interpolated
+    g = torch.Generator().manual_seed(0)
+    label = torch.randint(0, 3, (4, 1, 12, 12, 12), generator=g)
+    image = torch.randn(4, 1, 12, 12, 12, generator=g)
+    flips = [tuple(d + 1 for d in c) for r in range(4) for c in itertools.combinations((0, 1, 2), r)]
+    img, lab = augment_batch(image, label, (12, 12, 12), light, np.random.default_rng(0), mirror_axes=(0, 1, 2))
+    for b in range(4):
+        assert any(torch.equal(lab[b], label[b].flip(dims)) for dims in flips)

@@ -2,17 +2,9 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import pytest
 import torch
-
-
-@pytest.fixture
-def plan_dir(tmp_path, tiny_plan, phantom_dir):
-    d = tmp_path / "plan"
-    replace(tiny_plan, extra={"dataset_dir": str(phantom_dir)}).save(d / "plans.json")
-    return d
 
 
 def _two_case_splits(model_dir):
