@@ -34,6 +34,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 pre, n, warm, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 torch.set_num_threads(int(sys.argv[5]))
 plans = json.load(open(os.path.join(pre, "nnUNetPlans.json")))
+plans["continue_training"] = False  # what run_training adds
 ds = json.load(open(os.path.join(pre, "dataset.json")))
 tr = nnUNetTrainer(plans, "3d_fullres", 0, ds, device=torch.device("cpu"))
 tr.on_train_start()
@@ -49,6 +50,9 @@ for i in range(warm + n):
 json.dump({"steps": steps[warm:], "waits": waits[warm:], "torch": torch.__version__,
            "threads": torch.get_num_threads(), "da_procs": tr.dataloader_train.num_processes
            if hasattr(tr.dataloader_train, "num_processes") else None}, open(out, "w"))
+import multiprocessing
+for p in multiprocessing.active_children():  # its augmentation workers (they would hold our stdout open)
+    p.terminate()
 os._exit(0)  # skip nnU-Net's end-of-training (checkpoint, validation)
 '''
 

@@ -105,8 +105,10 @@ def run_demo(out_dir: str | Path = "demo_output", data: str | Path | None = None
     model_dir = out / "model"
     t = time.perf_counter()
     log(f"training fold {fold} for {minutes:g} min on a CPU budget")
+    # validate=False: the held-out cases are predicted and evaluated just below; the trainer's end-of-fold
+    # validation would predict the same cases a second time
     train(plan_dir, config_name="3d_fullres", fold=fold, model_dir=model_dir, time_budget_min=minutes,
-          device=device, progress=prog("train"), log=log)
+          device=device, progress=prog("train"), log=log, validate=False)
     timings["train"] = time.perf_counter() - t
 
     img_dir, ref_dir, ids = _held_out_folders(dataset_dir, model_dir, out)
