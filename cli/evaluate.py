@@ -24,6 +24,8 @@ def evaluate(
     images_dir: Path = typer.Option(None, "--images-dir", help="Images to draw under the contours "
                                     "(<case>_0000.nii.gz); default: the reference itself."),
     workers: int = typer.Option(None, "--workers", help="Parallel processes (default: up to 4)."),
+    model_dir: Path = typer.Option(None, "--model-dir", "-m", help="The model that made the predictions: the "
+                                   "report links its training curves (fold_*/progress.png)."),
 ) -> None:
     """Dice, IoU, HD95 (mm), surface Dice and volumes per case and class, with a report and pictures."""
     from rich.table import Table
@@ -33,7 +35,8 @@ def evaluate(
     with progress_bar("evaluate") as prog:
         res = guarded(lambda: evaluate_folder(pred_dir, gt_dir, output, dataset_json=dataset_json,
                                               tolerance_mm=tolerance_mm, images_dir=images_dir,
-                                              pictures=pictures, workers=workers, progress=prog))
+                                              pictures=pictures, workers=workers, progress=prog,
+                                              model_dir=model_dir))
     table = Table(title=f"{res['num_cases']} case(s); surface Dice at {tolerance_mm:g} mm")
     for col in ("class", "Dice mean ± std", "Dice median", "IoU", "HD95 mm", "NSD", "missed", "false pos."):
         table.add_column(col, justify="left" if col == "class" else "right")

@@ -96,13 +96,16 @@ def run_demo(out_dir: str | Path = "demo_output", data: str | Path | None = None
         fold = "all" if (dataset_dir / "labelsTs").is_dir() else 0
     timings["data"] = time.perf_counter() - t
 
-    plan_dir = out / "plan"
+    # one working folder per dataset: a demo on real data after the phantom demo (or the reverse) must not
+    # reuse the other's plan, splits and model
+    work = out if data is None else out / dataset_dir.resolve().name
+    plan_dir = work / "plan"
     t = time.perf_counter()
     log(f"planning {dataset_dir} with the '{preset}' preset (checks run first)")
     plan_dataset(dataset_dir, plan_dir, preset=preset, workers=workers, progress=prog("plan"))
     timings["plan"] = time.perf_counter() - t
 
-    model_dir = out / "model"
+    model_dir = work / "model"
     t = time.perf_counter()
     log(f"training fold {fold} for {minutes:g} min on a CPU budget")
     # validate=False: the held-out cases are predicted and evaluated just below; the trainer's end-of-fold
@@ -111,17 +114,17 @@ def run_demo(out_dir: str | Path = "demo_output", data: str | Path | None = None
           device=device, progress=prog("train"), log=log, validate=False)
     timings["train"] = time.perf_counter() - t
 
-    img_dir, ref_dir, ids = _held_out_folders(dataset_dir, model_dir, out)
-    pred_dir = out / "predictions"
+    img_dir, ref_dir, ids = _held_out_folders(dataset_dir, model_dir, work)
+    pred_dir = work / "predictions"
     t = time.perf_counter()
     log(f"predicting {len(ids)} held-out case(s) into {pred_dir}")
     predict_folder(img_dir, pred_dir, model_dir, device=device, progress=prog("predict"))
     timings["predict"] = time.perf_counter() - t
 
-    report_dir = out / "report"
+    report_dir = work / "report"
     t = time.perf_counter()
     log(f"evaluating against {ref_dir}")
     evaluation = evaluate_folder(pred_dir, ref_dir, report_dir, dataset_json=dataset_dir / "dataset.json",
-                                 images_dir=img_dir, progress=prog("evaluate"))
+                                 images_dir=img_dir, progress=prog("evaluate"), model_dir=model_dir)
     timings["evaluate"] = time.perf_counter() - t
     return DemoResult(out, dataset_dir, plan_dir, model_dir, pred_dir, report_dir, ids, timings, evaluation)

@@ -30,3 +30,16 @@ def test_demo_runs_end_to_end_on_a_tiny_phantom(tmp_path):
     assert summary and res.evaluation.get("foreground_mean")  # the evaluation wrote its numbers
     assert set(res.timings_s) >= {"plan", "train", "predict", "evaluate"}
     assert any("training" in m for m in messages)
+    assert "## Training curves" in (res.report_dir / "report.md").read_text()  # links fold_all/progress.png
+
+    # the same output folder, now on a real-style dataset without a test set (fold 0, its validation cases are
+    # the held-out ones): works beside the phantom run instead of tripping over its plan, splits and model
+    from seg3d.synthetic import make_phantom_dataset
+
+    data = make_phantom_dataset(tmp_path / "Dataset777_Other", num_cases=6, num_test=0, seed=5,
+                                shape=(12, 40, 40))
+    other = run_demo(tmp_path / "demo", data=data, minutes=0.15, workers=1, device="cpu")
+    assert other.model_dir == tmp_path / "demo" / "Dataset777_Other" / "model"
+    assert (other.model_dir / "fold_0" / "checkpoint_final.pt").is_file()
+    val = json.loads((other.model_dir / "splits.json").read_text())[0]["val"]
+    assert sorted(other.held_out_cases) == sorted(val) and (res.model_dir / "fold_all").is_dir()

@@ -165,13 +165,16 @@ def _nan_to_none(x):
 
 def evaluate_folder(pred_dir, gt_dir, out_dir, labels: dict[str, int] | None = None, tolerance_mm: float = 1.0,
                     dataset_json: str | Path | None = None, images_dir: str | Path | None = None,
-                    pictures: int = 10, workers: int | None = None, progress: ProgressFn | None = None) -> dict:
+                    pictures: int = 10, workers: int | None = None, progress: ProgressFn | None = None,
+                    model_dir: str | Path | None = None) -> dict:
     """Measure every prediction against its reference and write ``metrics.csv``, ``metrics.json``,
     ``report.md`` and ``pictures/`` to ``out_dir``. Returns the JSON content (NaN written as null).
 
     ``labels`` (name → value) or ``dataset_json`` name the classes; otherwise a ``dataset.json`` next to
     ``gt_dir`` (``labelsTr``/``labelsTs`` of a dataset) is used, else values found in the data.
     ``pictures``: montages for the N cases with the lowest foreground Dice (0: none, -1: all).
+    ``model_dir``: the model that made the predictions; the report links its training curves
+    (``fold_*/progress.png``).
     """
     from seg3d.evaluation.metrics import CONVENTIONS
     from seg3d.evaluation.report import aggregate, write_reports
@@ -204,5 +207,5 @@ def evaluate_folder(pred_dir, gt_dir, out_dir, labels: dict[str, int] | None = N
         "labels": dict(labels), "labels_source": labels_source, "conventions": list(CONVENTIONS),
         "missing_predictions": missing, "unmatched_predictions": extra,
     })
-    summary = write_reports(summary, Path(out_dir), images_dir=images_dir, pictures=pictures)
+    summary = write_reports(summary, Path(out_dir), images_dir=images_dir, pictures=pictures, model_dir=model_dir)
     return _nan_to_none(summary)

@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import math
+import os
 from pathlib import Path
 
 from seg3d.atomic import write_json_atomic, write_text_atomic
@@ -129,6 +130,10 @@ def markdown_report(summary: dict) -> str:
         for cid, rel in pics["cases"].items():
             L.append(f"- [{cid}]({rel})")
         L.append("")
+    if pics.get("training"):
+        L += ["## Training curves", "", "Loss, pseudo-Dice and learning rate per epoch of the model that made these "
+              "predictions:", ""]
+        L += [f"![fold {fold}]({rel})" for fold, rel in pics["training"].items()] + [""]
     names = list(summary["per_class"])
     L += ["## Per case (Dice)", "", "| case | foreground Dice | " + " | ".join(_md_escape(n) for n in names) + " |",
           "|---|---|" + "---|" * len(names)]
@@ -153,7 +158,17 @@ def worst_cases(summary: dict, n: int) -> list[str]:
     return [c["case_id"] for c in (ranked if n < 0 else ranked[:n])]
 
 
-def write_reports(summary: dict, out_dir: Path, images_dir=None, pictures: int = 10) -> dict:
+def training_curves(model_dir, out_dir: Path) -> dict[str, str]:
+    """``fold -> path of fold_*/progress.png relative to out_dir`` for a model folder (empty without one)."""
+    if model_dir is None:
+        return {}
+    curves = {}
+    for png in sorted(Path(model_dir).glob("fold_*/progress.png")):
+        curves[png.parent.name[len("fold_"):]] = os.path.relpath(png.resolve(), out_dir.resolve())
+    return curves
+
+
+def write_reports(summary: dict, out_dir: Path, images_dir=None, pictures: int = 10, model_dir=None) -> dict:
     """Write pictures, ``metrics.csv``, ``metrics.json`` and ``report.md``; return the summary with picture links."""
     from seg3d.evaluation.evaluate import _nan_to_none
     from seg3d.evaluation.figures import case_pictures, dice_boxplot
@@ -165,6 +180,7 @@ def write_reports(summary: dict, out_dir: Path, images_dir=None, pictures: int =
         pics["boxplot"] = "pictures/dice_boxplot.png"
         pics["cases"] = case_pictures(summary, worst_cases(summary, pictures), out_dir / "pictures",
                                       images_dir=images_dir, relative_to=out_dir)
+    pics["training"] = training_curves(model_dir, out_dir)
     summary["pictures"] = pics
     summary["files"] = {"csv": "metrics.csv", "json": "metrics.json", "report": "report.md"}
     write_text_atomic(out_dir / "metrics.csv", metrics_csv(summary))

@@ -100,6 +100,23 @@ def test_labels_inferred_without_dataset_json_and_no_pictures(folders, tmp_path)
                         json.loads((tmp_path / "r2" / "metrics.json").read_text())["per_class"]["label_1"]["dice_mean"])
 
 
+def test_report_links_the_models_training_curves(folders, tmp_path):
+    gt, pred, _, _ = folders
+    model = tmp_path / "model"
+    for fold in ("0", "1"):
+        (model / f"fold_{fold}").mkdir(parents=True)
+        (model / f"fold_{fold}" / "progress.png").write_bytes(b"png")
+    out = tmp_path / "r3"
+    res = evaluate_folder(pred, gt, out, pictures=0, workers=0, model_dir=model)
+    assert res["pictures"]["training"] == {"0": "../model/fold_0/progress.png", "1": "../model/fold_1/progress.png"}
+    md = (out / "report.md").read_text()
+    assert "## Training curves" in md and "![fold 1](../model/fold_1/progress.png)" in md
+    for rel in res["pictures"]["training"].values():
+        assert (out / rel).is_file()  # the link resolves from the report's folder
+    plain = evaluate_folder(pred, gt, tmp_path / "r4", pictures=0, workers=0)
+    assert plain["pictures"]["training"] == {} and "Training curves" not in (tmp_path / "r4" / "report.md").read_text()
+
+
 @pytest.mark.parametrize("bad", ["origin", "size"])
 def test_geometry_mismatch_names_the_case(folders, tmp_path, bad):
     gt, pred, _, _ = folders
