@@ -18,18 +18,19 @@ def test_tiny_network_learns_two_cases_and_fold_validation_is_written(plan_dir, 
 
     model_dir = tmp_path / "model"
     _two_case_splits(model_dir)
-    res = train(plan_dir, fold=0, model_dir=model_dir, epochs=12, iters_per_epoch=15, device="cpu",
-                precision="fp32", num_workers=0, val_batches=1, log=lambda s: None)
+    # the short-run recipe (as the cpu preset's, at a higher lr): 300 iterations learn every class, the small
+    # "satellite" included (nnU-Net's SGD recipe needs far longer for it)
+    res = train(plan_dir, fold=0, model_dir=model_dir, epochs=20, iters_per_epoch=15, device="cpu",
+                precision="fp32", num_workers=0, val_batches=1, log=lambda s: None, optimizer="adamw", lr=1e-2,
+                augmentation="light")
     fdir = model_dir / "fold_0"
     for name in ("checkpoint_latest.pt", "checkpoint_best.pt", "checkpoint_final.pt", "log.csv", "progress.png"):
         assert (fdir / name).is_file(), name
     summary = json.loads((fdir / "validation" / "summary.json").read_text())
     assert sorted(p.name for p in (fdir / "validation").glob("*.nii.gz")) == ["phantom_000.nii.gz",
                                                                              "phantom_001.nii.gz"]
-    assert res["epochs"] == 12
-    # 180 iterations learn the large structures; the small "satellite" class needs longer (the issue's
-    # Dice > 0.9 on every class is not reached in this test's budget yet)
-    assert summary["per_class"]["rim"] > 0.7 and summary["per_class"]["core"] > 0.7, summary["per_class"]
+    assert res["epochs"] == 20
+    assert all(d > 0.9 for d in summary["per_class"].values()), summary["per_class"]
 
 
 def test_resume_equals_uninterrupted(plan_dir, tmp_path):
