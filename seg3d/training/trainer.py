@@ -117,6 +117,11 @@ def train(plan_dir: str | Path, config_name: str = "3d_fullres", fold: int | str
     plan = Plan.load(plan_dir)
     config = plan.config(config_name)
     optimizer, lr, augmentation = training_defaults(plan, optimizer, lr, augmentation)
+    from seg3d.data import augmentation_preset
+    from seg3d.training.schedule import default_schedule
+
+    default_schedule(optimizer, lr)  # bad names and values fail here, before any work
+    augmentation_preset(augmentation)
     if time_budget_min is not None and not time_budget_min > 0:
         raise Seg3dError(f"--time-budget-min must be > 0, got {time_budget_min}")
     if epochs is not None and epochs < 1 or iters_per_epoch is not None and iters_per_epoch < 1:

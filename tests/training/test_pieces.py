@@ -129,3 +129,13 @@ def test_augmentation_presets():
     img, lab = augment_batch(image, label, (12, 12, 12), light, np.random.default_rng(0), mirror_axes=(0, 1, 2))
     for b in range(4):
         assert any(torch.equal(lab[b], label[b].flip(dims)) for dims in flips)
+
+
+def test_bad_training_options_fail_before_any_work(tiny_plan, tmp_path):
+    from seg3d.training import train
+
+    tiny_plan.save(tmp_path / "plans.json")  # no dataset recorded: any real work would fail differently
+    for kw, msg in (({"augmentation": "heavy"}, "unknown augmentation"), ({"optimizer": "adam"}, "unknown optimizer"),
+                    ({"lr": 0.0}, "learning rate")):
+        with pytest.raises(Seg3dError, match=msg):
+            train(tmp_path, device="cpu", log=lambda s: None, **kw)
