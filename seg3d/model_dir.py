@@ -12,7 +12,8 @@ Layout::
         checkpoint_best.pt     weights with the best moving-average pseudo-Dice
         checkpoint_final.pt    weights at the end of training
         log.csv, progress.png, train.log
-        validation/summary.json and the fold's validation predictions
+        validation/summary.json and the fold's validation predictions (<case>.nii.gz), with their
+                   probabilities (<case>.npz, float16, small cases only) for scoring ensembles
 """
 from __future__ import annotations
 

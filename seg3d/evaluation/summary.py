@@ -6,8 +6,10 @@ Readers are deliberately tolerant: a fold still training, a missing log or an ol
 
 Cross-validation (CV) Dice pools every validation case of every fold (each case is validated exactly once),
 as nnU-Net's CV summary does; when only per-fold means exist, it is the case-weighted mean of fold means.
-Comparing models: only label maps are stored per fold, so the ensemble of two models cannot be scored
-honestly (averaging Dice values is not the Dice of averaged probabilities); the summary says so.
+Comparing models: the ensemble of several models is scored from the probabilities the fold validation keeps
+(``fold_K/validation/<case>.npz``): averaged per case, argmax, Dice against the reference, pooled as the CV Dice.
+Where they are missing (older models, or cases too large to keep), the summary says so instead of averaging
+Dice values (the mean of Dice values is not the Dice of averaged probabilities).
 """
 from __future__ import annotations
 
@@ -264,11 +266,63 @@ def summarize_models(model_dirs) -> dict:
         if len({tuple(m["cv"]["case_ids"]) for m in scored}) > 1:
             rec.append("Caution: the models were cross-validated on different cases; the comparison is not "
                        "paired.")
+        ensemble = None
         if len(scored) > 1:
-            rec.append("Ensemble of these models: not scored. Only label maps are kept from cross-validation, "
-                       "and the Dice of an ensemble needs the averaged probabilities of each validation case; "
-                       "averaging the models' Dice values would not be an honest estimate.")
-    return {"models": models, "recommendation": rec}
+            ensemble, why = ensemble_cv([Path(m["model_dir"]) for m in scored])
+            if ensemble is None:
+                rec.append(f"Ensemble of these models: not scored ({why}); averaging the models' Dice values "
+                           "would not be an honest estimate.")
+            else:
+                gain = ensemble["mean_dice"] - best["cv"]["mean_dice"]
+                verdict = ("predict with the ensemble (all these model folders)" if gain > 0.002 else
+                           "the ensemble is not worth its extra prediction time")
+                rec.append(f"Ensemble of the {len(scored)} models (averaged probabilities, {ensemble['n_cases']} "
+                           f"CV cases): mean Dice {ensemble['mean_dice']:.4f} ({gain:+.4f} vs the best single "
+                           f"model): {verdict}.")
+    return {"models": models, "recommendation": rec, "ensemble": ensemble}
+
+
+def ensemble_cv(model_dirs: list[Path]) -> tuple[dict | None, str]:
+    """CV Dice of the models' averaged validation probabilities: ``({"dice", "mean_dice", "n_cases"}, "")`` or
+    ``(None, why not)``. Needs every model to have ``<case>.npz`` for the same validation cases of each fold."""
+    import numpy as np
+
+    from seg3d.evaluation.metrics import case_metrics
+    from seg3d.io.image import read_image
+
+    labels = _labels(model_dirs[0])
+    if not labels or any(_labels(d) != labels for d in model_dirs[1:]):
+        return None, "the models do not share the same labels"
+    values = sorted(labels.values())
+    value_to_name = {v: n for n, v in labels.items() if v != 0}
+    refs = _references(model_dirs[0])
+    per_model = []
+    for d in model_dirs:
+        found = {f"{p.parent.parent.name}/{p.stem}": p for p in d.glob("fold_*/validation/*.npz")
+                 if p.parent.parent.name != "fold_all"}
+        per_model.append(found)
+    common = set(per_model[0]).intersection(*per_model[1:])
+    if not common or any(set(m) != common for m in per_model):
+        return None, "the cross-validation probabilities (fold_K/validation/<case>.npz) are missing or cover " \
+                     "different cases"
+    cases = {}
+    for key in sorted(common):
+        cid = key.split("/", 1)[1]
+        if cid not in refs:
+            return None, f"no reference label for validation case {cid}"
+        probs = None
+        for m in per_model:
+            with np.load(m[key]) as z:
+                p = z["probabilities"].astype(np.float32)
+            probs = p if probs is None else probs + p
+        ref = read_image(refs[cid])
+        if probs.shape[1:] != ref.array.shape:
+            return None, f"the probabilities of {key} are not on its reference's grid"
+        pred = np.asarray(values, dtype=np.int64)[probs.argmax(0)]
+        m = case_metrics(pred, ref.array, ref.geometry.spacing_zyx, list(value_to_name), surface=False)
+        cases[key] = {value_to_name[v]: (None if math.isnan(x.dice) else x.dice) for v, x in m.items()}
+    dice = {n: _mean([c.get(n) for c in cases.values()]) for n in value_to_name.values()}
+    return {"dice": dice, "mean_dice": _mean(dice.values()), "n_cases": len(cases)}, ""
 
 
 def _f(v) -> str:
@@ -295,6 +349,11 @@ def summary_markdown(res: dict) -> str:
             L.append("| post-processing | " + " | ".join(m["postprocessing"].get(c, "–") for c in cls) +
                      " | | | | |")
         L += [""] + [f"- note: {n}" for n in m["notes"]] + [""]
+    ens = res.get("ensemble")
+    if ens:
+        L += ["## Ensemble of the models (cross-validation)", "",
+              "| " + " | ".join(ens["dice"]) + " | mean |", "|" + "---|" * (len(ens["dice"]) + 1),
+              "| " + " | ".join(_f(v) for v in ens["dice"].values()) + f" | **{_f(ens['mean_dice'])}** |", ""]
     L += ["## Recommendation", ""] + [f"{line}" for line in res["recommendation"]] + [""]
     return "\n".join(L)
 

@@ -64,8 +64,12 @@ def validate_fold(model_dir: Path, fold: int | str, val_ids: list[str], dataset_
     for i, cid in enumerate(val_ids):
         case = by_id[cid]
         data, geometry = read_case_images(case, plan.num_channels)
-        labels = predictor.predict_case(data, geometry)
+        keep = plan.num_classes * int(np.prod(data.shape[1:])) <= MAX_SAVED_PROBABILITIES
+        pred = predictor.predict_case(data, geometry, return_probabilities=keep)
+        labels = pred.labels if keep else pred
         write_image(labels, geometry, out_dir / f"{cid}{ds.file_ending}")
+        if keep:  # what `seg3d summary` averages across models to score their ensemble
+            save_probabilities(out_dir / f"{cid}.npz", pred.probabilities)
         ref, _ = read_case_label(case)
         m = case_metrics(labels, ref, geometry.spacing_zyx, plan.label_values, surface=False)
         cases[cid] = {"classes": {names[v]: _clean(m[v].dice) for v in fg_values}}
@@ -83,6 +87,22 @@ def validate_fold(model_dir: Path, fold: int | str, val_ids: list[str], dataset_
         f"{_f(summary['mean_foreground_dice'])} (" +
         ", ".join(f"{k} {_f(v)}" for k, v in per_class.items()) + f") in {summary['seconds']:.1f} s")
     return summary
+
+
+# probabilities of a validation case are kept (float16 .npz) up to this many values (classes x voxels): 64 M
+# values = 128 MB, a hippocampus case is ~0.2 M; large multi-class CTs are skipped rather than filling the disk
+MAX_SAVED_PROBABILITIES = 64 * 1024 ** 2
+
+
+def save_probabilities(path: Path, probabilities) -> None:
+    """``probabilities`` (K, *input shape), class-index order = the plan's label values, as float16 .npz."""
+    from seg3d.atomic import write_with_atomic
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: numpy would append ".npz" to a path without it
+            np.savez_compressed(f, probabilities=np.asarray(probabilities, np.float16))
+
+    write_with_atomic(path, write)
 
 
 def _clean(v: float) -> float | None:

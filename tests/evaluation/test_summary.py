@@ -87,21 +87,29 @@ def test_fold_without_results_and_cli(tmp_path):
     assert missing.exit_code == 1 and "model folder not found" in missing.output
 
 
-def test_cv_dice_computed_from_validation_label_maps_when_no_summary(tmp_path):
+def _reference_dataset(root, case_ids):
+    """A dataset whose every case has the same small reference: anterior 4x4x4 box, posterior 4x2x4 beside it."""
     from seg3d.io.image import Geometry, write_image
 
     geo = Geometry((10, 9, 8), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
-    ds = tmp_path / "ds"
+    ds = root / "ds"
     ref = np.zeros((8, 9, 10), np.uint8)
     ref[2:6, 2:6, 2:6] = 1
     ref[2:6, 6:8, 2:6] = 2
-    pred = ref.copy()
-    pred[2:6, 2:6, 2] = 0  # anterior loses 16 of 64 voxels: Dice 2·48/(48+64)
-    for cid in ("a", "b"):
+    for cid in case_ids:
         write_image(np.zeros(ref.shape, np.float32), geo, ds / "imagesTr" / f"{cid}_0000.nii.gz")
         write_image(ref, geo, ds / "labelsTr" / f"{cid}.nii.gz")
     (ds / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MR"}, "labels": LABELS,
-                                                 "numTraining": 2, "file_ending": ".nii.gz"}))
+                                                 "numTraining": len(case_ids), "file_ending": ".nii.gz"}))
+    return ds, geo, ref
+
+
+def test_cv_dice_computed_from_validation_label_maps_when_no_summary(tmp_path):
+    from seg3d.io.image import write_image
+
+    ds, geo, ref = _reference_dataset(tmp_path, ("a", "b"))
+    pred = ref.copy()
+    pred[2:6, 2:6, 2] = 0  # anterior loses 16 of 64 voxels: Dice 2·48/(48+64)
     m = tmp_path / "model"
     (m / "fold_0" / "validation").mkdir(parents=True)
     (m / "plans.json").write_text(json.dumps({"labels": LABELS, "extra": {"dataset_dir": str(ds)}}))
@@ -109,3 +117,39 @@ def test_cv_dice_computed_from_validation_label_maps_when_no_summary(tmp_path):
     s = summarize_model(m)
     assert s["cv"]["dice"]["anterior"] == pytest.approx(96 / 112)
     assert s["cv"]["dice"]["posterior"] == 1.0 and s["cv"]["n_cases"] == 1
+
+
+def test_ensemble_is_scored_from_averaged_validation_probabilities(tmp_path):
+    from seg3d.io.image import write_image
+    from seg3d.training.validation import save_probabilities
+
+    ds, geo, ref = _reference_dataset(tmp_path, ("a",))
+    onehot = np.eye(3, dtype=np.float32)[ref].transpose(3, 0, 1, 2)  # (K, z, y, x)
+    # model A is unsure on slab x=2 of anterior (0.45 vs 0.55 background): alone it loses it; model B is sure
+    pa, pb = onehot.copy(), onehot.copy()
+    pa[:, 2:6, 2:6, 2] = [[[0.55]], [[0.45]], [[0.0]]]
+    pb[:, 2:6, 6:8, 5] = [[[0.6]], [[0.0]], [[0.4]]]  # B loses one posterior slab, A is sure there
+    models = []
+    for name, probs in (("unet", pa), ("unetpp", pb)):
+        m = tmp_path / name
+        v = m / "fold_0" / "validation"
+        v.mkdir(parents=True)
+        (m / "plans.json").write_text(json.dumps({"labels": LABELS, "extra": {"dataset_dir": str(ds)}}))
+        (m / "model.json").write_text(json.dumps({"config": "3d_fullres", "arch": name}))
+        labels = np.asarray([0, 1, 2])[probs.argmax(0)].astype(np.uint8)
+        write_image(labels, geo, v / "a.nii.gz")
+        save_probabilities(v / "a.npz", probs)
+        models.append(m)
+    single = summarize_model(models[0])["cv"]["dice"]
+    assert single["anterior"] == pytest.approx(96 / 112)  # A alone drops 16 of 64 anterior voxels
+    res = summarize_models(models)
+    ens = res["ensemble"]
+    # averaged: anterior slab (0.55+1)/2 vs (0.45+0)/2 -> kept; posterior slab (1+0.4)/2 vs 0.3 -> kept: perfect
+    assert ens["dice"] == {"anterior": 1.0, "posterior": 1.0} and ens["n_cases"] == 1
+    assert any("Ensemble of the 2 models" in line and "predict with the ensemble" in line
+               for line in res["recommendation"])
+    assert "## Ensemble of the models" in write_summary(res, tmp_path / "out")[1].read_text()
+    # a model without probabilities: not scored, and the reason is given
+    (models[1] / "fold_0" / "validation" / "a.npz").unlink()
+    res = summarize_models(models)
+    assert res["ensemble"] is None and any("not scored" in line and ".npz" in line for line in res["recommendation"])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -30,6 +31,9 @@ def test_tiny_network_learns_two_cases_and_fold_validation_is_written(plan_dir, 
     assert sorted(p.name for p in (fdir / "validation").glob("*.nii.gz")) == ["phantom_000.nii.gz",
                                                                              "phantom_001.nii.gz"]
     assert res["epochs"] == 20
+    with np.load(fdir / "validation" / "phantom_000.npz") as z:  # kept for scoring ensembles (seg3d summary)
+        probs = z["probabilities"]
+    assert probs.dtype == np.float16 and probs.shape[0] == 4 and np.allclose(probs.sum(0), 1, atol=0.02)
     assert all(d > 0.9 for d in summary["per_class"].values()), summary["per_class"]
 
 
