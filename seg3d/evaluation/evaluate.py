@@ -181,6 +181,8 @@ def evaluate_folder(pred_dir, gt_dir, out_dir, labels: dict[str, int] | None = N
 
     if tolerance_mm < 0 or not math.isfinite(tolerance_mm):
         raise Seg3dError(f"--tolerance-mm must be a finite number >= 0, got {tolerance_mm}")
+    if model_dir is not None and not Path(model_dir).is_dir():
+        raise Seg3dError("model folder not found (--model-dir: the model whose training curves to link)", model_dir)
     pairs, missing, extra = match_cases(pred_dir, gt_dir)
     labels_source = "given"
     if labels is None and dataset_json is not None:

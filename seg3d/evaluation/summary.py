@@ -168,10 +168,17 @@ def _references(model_dir: Path) -> dict[str, Path]:
     return {c.case_id: c.label for c in ds.cases if c.label is not None and c.label.is_file()}
 
 
+def _dice_by_name(pred, ref, value_to_name: dict[int, str]) -> dict[str, float | None]:
+    """Dice per class name of label map ``pred`` against the reference image ``ref`` (None where undefined)."""
+    from seg3d.evaluation.metrics import case_metrics
+
+    m = case_metrics(pred, ref.array, ref.geometry.spacing_zyx, list(value_to_name), surface=False)
+    return {value_to_name[v]: (None if math.isnan(x.dice) else x.dice) for v, x in m.items()}
+
+
 def dice_from_predictions(vdir: Path, refs: dict[str, Path], value_to_name: dict[int, str]) -> dict:
     """Fold validation Dice computed from its saved label maps (when no summary.json was written)."""
     from seg3d.evaluation.evaluate import list_label_files
-    from seg3d.evaluation.metrics import case_metrics
     from seg3d.io.image import read_image
 
     cases = {}
@@ -181,8 +188,7 @@ def dice_from_predictions(vdir: Path, refs: dict[str, Path], value_to_name: dict
         pred, ref = read_image(pred_path), read_image(refs[cid])
         if ref.geometry.mismatches(pred.geometry):
             raise Seg3dError("validation prediction is not on its reference's grid", pred_path)
-        m = case_metrics(pred.array, ref.array, ref.geometry.spacing_zyx, list(value_to_name), surface=False)
-        cases[cid] = {value_to_name[v]: (None if math.isnan(x.dice) else x.dice) for v, x in m.items()}
+        cases[cid] = _dice_by_name(pred.array, ref, value_to_name)
     means = {n: _mean([c.get(n) for c in cases.values()]) for n in value_to_name.values()}
     return {"dice": means, "cases": cases, "n": len(cases)}
 
@@ -287,7 +293,6 @@ def ensemble_cv(model_dirs: list[Path]) -> tuple[dict | None, str]:
     ``(None, why not)``. Needs every model to have ``<case>.npz`` for the same validation cases of each fold."""
     import numpy as np
 
-    from seg3d.evaluation.metrics import case_metrics
     from seg3d.io.image import read_image
 
     labels = _labels(model_dirs[0])
@@ -319,8 +324,7 @@ def ensemble_cv(model_dirs: list[Path]) -> tuple[dict | None, str]:
         if probs.shape[1:] != ref.array.shape:
             return None, f"the probabilities of {key} are not on its reference's grid"
         pred = np.asarray(values, dtype=np.int64)[probs.argmax(0)]
-        m = case_metrics(pred, ref.array, ref.geometry.spacing_zyx, list(value_to_name), surface=False)
-        cases[key] = {value_to_name[v]: (None if math.isnan(x.dice) else x.dice) for v, x in m.items()}
+        cases[key] = _dice_by_name(pred, ref, value_to_name)
     dice = {n: _mean([c.get(n) for c in cases.values()]) for n in value_to_name.values()}
     return {"dice": dice, "mean_dice": _mean(dice.values()), "n_cases": len(cases)}, ""
 

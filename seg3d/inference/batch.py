@@ -155,7 +155,7 @@ def predict_folder(in_dir: str | Path, out_dir: str | Path, model_dir: str | Pat
         t1 = time.perf_counter()
         write_like(labels, props.geometry, out, reference=item[1][0])
         if p is not None:
-            _save_probabilities(_probabilities_path(out), p, predictor.label_values)
+            write_probabilities(_probabilities_path(out), p, predictor.label_values)
         timings.update(export=t1 - t0, write=time.perf_counter() - t1)
         return timings
 
@@ -231,11 +231,12 @@ def _probabilities_path(out: Path) -> Path:
     return out.with_name(out.name[: len(out.name) - len(e)] + ".npz")
 
 
-def _save_probabilities(path: Path, probs: np.ndarray, label_values) -> None:
-    """``probabilities`` (K, z, y, x) float16 in the input's array order and the ``label_values`` of K."""
+def write_probabilities(path: Path, probs: np.ndarray, label_values) -> None:
+    """``probabilities`` (K, z, y, x) float16 in the input's array order and the ``label_values`` of K, written
+    atomically (``seg3d predict --save-probabilities`` and the fold validation, whose files score ensembles)."""
     def writer(tmp: Path) -> None:
         with open(tmp, "wb") as f:
-            np.savez_compressed(f, probabilities=probs.astype(np.float16, copy=False),
+            np.savez_compressed(f, probabilities=np.asarray(probs).astype(np.float16, copy=False),
                                 label_values=np.asarray(label_values))
 
     write_with_atomic(path, writer)

@@ -46,6 +46,7 @@ def validate_fold(model_dir: Path, fold: int | str, val_ids: list[str], dataset_
                   tta: bool = True, progress: ProgressFn | None = None, log=print) -> dict:
     """Predict the fold's held-out cases from ``checkpoint_final.pt`` and score them (Dice per case and class)."""
     from seg3d.evaluation.metrics import case_metrics
+    from seg3d.inference.batch import write_probabilities
     from seg3d.inference.predictor import Predictor
     from seg3d.io.image import write_image
     from seg3d.io.layout import load_dataset, read_case_images, read_case_label
@@ -69,7 +70,7 @@ def validate_fold(model_dir: Path, fold: int | str, val_ids: list[str], dataset_
         labels = pred.labels if keep else pred
         write_image(labels, geometry, out_dir / f"{cid}{ds.file_ending}")
         if keep:  # what `seg3d summary` averages across models to score their ensemble
-            save_probabilities(out_dir / f"{cid}.npz", pred.probabilities)
+            write_probabilities(out_dir / f"{cid}.npz", pred.probabilities, plan.label_values)
         ref, _ = read_case_label(case)
         m = case_metrics(labels, ref, geometry.spacing_zyx, plan.label_values, surface=False)
         cases[cid] = {"classes": {names[v]: _clean(m[v].dice) for v in fg_values}}
@@ -92,17 +93,6 @@ def validate_fold(model_dir: Path, fold: int | str, val_ids: list[str], dataset_
 # probabilities of a validation case are kept (float16 .npz) up to this many values (classes x voxels): 64 M
 # values = 128 MB, a hippocampus case is ~0.2 M; large multi-class CTs are skipped rather than filling the disk
 MAX_SAVED_PROBABILITIES = 64 * 1024 ** 2
-
-
-def save_probabilities(path: Path, probabilities) -> None:
-    """``probabilities`` (K, *input shape), class-index order = the plan's label values, as float16 .npz."""
-    from seg3d.atomic import write_with_atomic
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:  # a file object: numpy would append ".npz" to a path without it
-            np.savez_compressed(f, probabilities=np.asarray(probabilities, np.float16))
-
-    write_with_atomic(path, write)
 
 
 def _clean(v: float) -> float | None:

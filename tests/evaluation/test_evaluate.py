@@ -113,6 +113,9 @@ def test_report_links_the_models_training_curves(folders, tmp_path):
     assert "## Training curves" in md and "![fold 1](../model/fold_1/progress.png)" in md
     for rel in res["pictures"]["training"].values():
         assert (out / rel).is_file()  # the link resolves from the report's folder
+    with pytest.raises(Seg3dError, match="model folder not found") as e:
+        evaluate_folder(pred, gt, tmp_path / "r5", pictures=0, workers=0, model_dir=tmp_path / "typo")
+    assert "typo" in str(e.value)
     plain = evaluate_folder(pred, gt, tmp_path / "r4", pictures=0, workers=0)
     assert plain["pictures"]["training"] == {} and "Training curves" not in (tmp_path / "r4" / "report.md").read_text()
 

@@ -120,8 +120,8 @@ def test_cv_dice_computed_from_validation_label_maps_when_no_summary(tmp_path):
 
 
 def test_ensemble_is_scored_from_averaged_validation_probabilities(tmp_path):
+    from seg3d.inference.batch import write_probabilities
     from seg3d.io.image import write_image
-    from seg3d.training.validation import save_probabilities
 
     ds, geo, ref = _reference_dataset(tmp_path, ("a",))
     onehot = np.eye(3, dtype=np.float32)[ref].transpose(3, 0, 1, 2)  # (K, z, y, x)
@@ -138,7 +138,7 @@ def test_ensemble_is_scored_from_averaged_validation_probabilities(tmp_path):
         (m / "model.json").write_text(json.dumps({"config": "3d_fullres", "arch": name}))
         labels = np.asarray([0, 1, 2])[probs.argmax(0)].astype(np.uint8)
         write_image(labels, geo, v / "a.nii.gz")
-        save_probabilities(v / "a.npz", probs)
+        write_probabilities(v / "a.npz", probs, [0, 1, 2])
         models.append(m)
     single = summarize_model(models[0])["cv"]["dice"]
     assert single["anterior"] == pytest.approx(96 / 112)  # A alone drops 16 of 64 anterior voxels
