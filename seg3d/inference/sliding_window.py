@@ -20,7 +20,11 @@ import torch
 from torch import nn
 
 # Voxels (windows x patch, times mirrorings) fed to one forward pass; bounded to keep activations small.
-_CPU_BATCH_VOXELS = 40 * 56 * 40
+# On the CPU a forward pass holds at least 2 items: PyTorch sends batch-1 3D convolutions with few
+# channels x rows (the deeper stages of a small-patch UNet) to slow_conv3d instead of oneDNN, and a
+# batch of 2-4 windows costs 1.7-1.8x less per window (measured, 32x48x32 patch, benchmarks/RESULTS.md).
+_CPU_BATCH_VOXELS = 64 * 64 * 64
+_CPU_MIN_BATCH = 2
 _GPU_BATCH_VOXELS = 8 * 128 * 128 * 128
 
 
@@ -56,6 +60,14 @@ def mirror_combinations(mirror_axes: Sequence[int]) -> list[tuple[int, ...]]:
     """All subsets of the mirror axes, the identity first (2^n forward passes)."""
     axes = tuple(sorted(set(int(a) for a in mirror_axes)))
     return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+
+
+def window_items(shape: Sequence[int], patch: Sequence[int], step: float,
+                 mirror_axes: Sequence[int]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """The forward passes of one image: every window start under every mirroring, ``(start, flipped axes)``."""
+    starts = itertools.product(*(window_starts(s, p, step) for s, p in zip(shape, patch)))
+    combos = mirror_combinations(mirror_axes)
+    return [(start, c) for start in starts for c in combos]
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -134,35 +146,30 @@ def sliding_window_predict(networks: nn.Module | Sequence[nn.Module], data, patc
         xp = torch.zeros((x.shape[0], *padded), dtype=torch.float32, device=device)
         xp[(slice(None),) + tuple(slice(b, b + s) for b, s in zip(before, spatial))] = x
         x = xp
-    starts = list(itertools.product(*(window_starts(s, p, step) for s, p in zip(padded, patch3))))
-    combos = mirror_combinations(mirror3)
+    items = window_items(padded, patch3, step, mirror3)
     amp = resolve_precision(precision, device)
     if channels_last is None:
         channels_last = device.type == "cuda" or amp is not None
     if batch_voxels is None:
         batch_voxels = _GPU_BATCH_VOXELS if device.type == "cuda" else _CPU_BATCH_VOXELS
-    patch_vox = int(np.prod(patch3))
-    windows_per_chunk = max(1, batch_voxels // (patch_vox * len(combos)))
-    forward_batch = max(1, batch_voxels // patch_vox)
+    forward_batch = max(1, batch_voxels // int(np.prod(patch3)))
+    if device.type == "cpu":
+        forward_batch = max(forward_batch, _CPU_MIN_BATCH)
 
     gauss = gaussian_importance(patch3, sigma_scale, device)
-    k = num_classes
     acc = weight = None
     with torch.no_grad(), _eval_mode(nets):
-        for c0 in range(0, len(starts), windows_per_chunk):
-            chunk = starts[c0:c0 + windows_per_chunk]
-            xs = torch.stack([x[(slice(None),) + tuple(slice(a, a + p) for a, p in zip(s, patch3))]
-                              for s in chunk])
-            probs = _predict_windows(nets, xs, combos, slice_axis, amp, channels_last, forward_batch, device)
+        for b0 in range(0, len(items), forward_batch):
+            batch = items[b0:b0 + forward_batch]
+            probs = _predict_items(nets, x, batch, patch3, slice_axis, amp, channels_last, device)
             if acc is None:
-                k = probs.shape[1]
-                acc_dev = _accumulator_device(accumulate_on, device, k, padded)
-                acc = torch.zeros((k, *padded), dtype=torch.float32, device=acc_dev)
+                acc_dev = _accumulator_device(accumulate_on, device, probs.shape[1], padded)
+                acc = torch.zeros((probs.shape[1], *padded), dtype=torch.float32, device=acc_dev)
                 weight = torch.zeros(padded, dtype=torch.float32, device=acc_dev)
                 g_acc = gauss.to(acc_dev)
             probs = (probs * gauss).to(acc.device, non_blocking=True)
-            for i, s in enumerate(chunk):
-                sl = tuple(slice(a, a + p) for a, p in zip(s, patch3))
+            for i, (start, _) in enumerate(batch):
+                sl = tuple(slice(a, a + p) for a, p in zip(start, patch3))
                 acc[(slice(None),) + sl] += probs[i]
                 weight[sl] += g_acc
     acc /= weight
@@ -194,23 +201,20 @@ def _accumulator_device(accumulate_on: str, device: torch.device, k: int, shape)
     return device if need < 0.5 * free else torch.device("cpu")
 
 
-def _predict_windows(nets, xs: torch.Tensor, combos, slice_axis, amp, channels_last, forward_batch,
-                     device) -> torch.Tensor:
-    """Mean softmax over networks and mirrorings for a stack of windows ``(W, C, *patch3)``."""
-    w = xs.shape[0]
-    # every (mirroring, window) pair as one batch item; flips are over spatial axes (offset 2)
-    items = torch.cat([xs.flip([a + 2 for a in c]) if c else xs for c in combos])
+def _predict_items(nets, x: torch.Tensor, items, patch3, slice_axis, amp, channels_last,
+                   device) -> torch.Tensor:
+    """Mean softmax over networks for a batch of (window start, mirrored axes) items, un-mirrored."""
+    def crop(start):
+        return x[(slice(None),) + tuple(slice(a, a + p) for a, p in zip(start, patch3))]
+
+    xs = torch.stack([crop(s).flip([a + 1 for a in c]) if c else crop(s) for s, c in items])
     total = None
     for net in nets:
-        outs = []
-        for b0 in range(0, items.shape[0], forward_batch):
-            outs.append(_forward(net, items[b0:b0 + forward_batch], slice_axis, amp, channels_last, device))
-        p = torch.cat(outs)
-        for j, c in enumerate(combos):
-            pj = p[j * w:(j + 1) * w]
-            pj = pj.flip([a + 2 for a in c]) if c else pj
-            total = pj if total is None else total + pj
-    return total / (len(nets) * len(combos))
+        p = _forward(net, xs, slice_axis, amp, channels_last, device)
+        total = p if total is None else total + p
+    if len(nets) > 1:
+        total = total / len(nets)
+    return torch.stack([total[i].flip([a + 1 for a in c]) if c else total[i] for i, (_, c) in enumerate(items)])
 
 
 def _forward(net, x: torch.Tensor, slice_axis, amp, channels_last, device) -> torch.Tensor:

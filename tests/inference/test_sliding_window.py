@@ -97,3 +97,31 @@ def test_restores_training_mode_and_handles_deep_supervision_lists(tiny_plan):
     assert net.training
     assert probs.shape == (4, 10, 40, 36)
     torch.testing.assert_close(probs.sum(0), torch.ones(10, 40, 36), atol=1e-4, rtol=0)
+
+
+class _BatchRecorder(torch.nn.Module):
+    """Wraps a network and records the batch size of every forward pass."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.batches = net, []
+
+    def forward(self, x):
+        self.batches.append(x.shape[0])
+        return self.net(x)
+
+
+def test_cpu_forward_passes_hold_two_windows_and_batching_does_not_change_the_result():
+    """Batch-1 3D convolutions fall back to slow_conv3d on the CPU, so passes carry >= 2 windows; a network
+    with per-sample normalization must give the same probabilities whatever the batching."""
+    torch.manual_seed(4)
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.InstanceNorm3d(4),
+                              torch.nn.LeakyReLU(), torch.nn.Conv3d(4, 3, 1)).eval()
+    x = np.random.default_rng(4).normal(size=(1, 20, 24, 24)).astype(np.float32)
+    small, big = _BatchRecorder(net), _BatchRecorder(net)
+    tiny_budget = sliding_window_predict(small, x, (8, 16, 16), 0.5, (0,), batch_voxels=1)
+    large_budget = sliding_window_predict(big, x, (8, 16, 16), 0.5, (0,), batch_voxels=10**9)
+    n_items = 4 * 2 * 2 * 2  # 4 x 2 x 2 windows, 2 mirrorings
+    assert sum(small.batches) == sum(big.batches) == n_items
+    assert min(small.batches) >= 2 and big.batches == [n_items]
+    torch.testing.assert_close(tiny_budget, large_budget, atol=1e-5, rtol=1e-5)
