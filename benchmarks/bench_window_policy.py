@@ -22,12 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import REPO, dice, validation_cases
 
 from seg3d.inference.predictor import Predictor
 from seg3d.inference.sliding_window import sliding_window_predict
-from seg3d.io.image import read_image
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def forward_ms_per_window(net: torch.nn.Module, patch: tuple[int, ...], batch: int, reps: int = 5) -> float:
@@ -53,11 +51,6 @@ def whole_image(pred: Predictor, pdata: np.ndarray, divisor: tuple[int, ...]) ->
     return probs[(slice(None),) + tuple(slice(b, b + s) for (b, _), s in zip(pads, shape))].contiguous()
 
 
-def dice(a: np.ndarray, b: np.ndarray, value: int) -> float:
-    x, y = a == value, b == value
-    return float(2 * (x & y).sum() / max(x.sum() + y.sum(), 1))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, required=True, help="trained seg3d model folder (fold_0)")
@@ -72,7 +65,6 @@ def main() -> None:
     print("ms per window by batch size:", batches, flush=True)
 
     divisor = pred.config.topology.total_stride
-    val = json.loads((args.model / "splits.json").read_text())[0]["val"][: args.cases]
     policies = {
         "sliding window, TTA (shipped)": lambda x: pred.predict_preprocessed(x),
         "sliding window, no TTA": lambda x: sliding_window_predict(pred.networks, x, patch, 0.5, (), "cpu",
@@ -82,9 +74,9 @@ def main() -> None:
     scores = {k: [] for k in policies}
     seconds = dict.fromkeys(policies, 0.0)
     labels_of = pred.plan.label_values[1:]
-    for case in val:
-        img = read_image(args.dataset / "imagesTr" / f"{case}_0000.nii.gz")
-        ref = np.asarray(read_image(args.dataset / "labelsTr" / f"{case}.nii.gz").array)
+    n = 0
+    for _, img, ref in validation_cases(args.model, args.dataset, args.cases):
+        n += 1
         pdata, props = pred.preprocess(img.array, img.geometry)
         for name, fn in policies.items():
             t = time.perf_counter()
@@ -92,11 +84,11 @@ def main() -> None:
             seconds[name] += time.perf_counter() - t
             labels, _ = pred.export(probs, props)
             scores[name].append([dice(labels, ref, v) for v in labels_of])
-    result = {"ms_per_window_by_batch": batches, "cases": len(val), "policies": {}}
+    result = {"ms_per_window_by_batch": batches, "cases": n, "policies": {}}
     for name in policies:
         d = np.asarray(scores[name]).mean(0)
         result["policies"][name] = {"dice": [round(float(v), 4) for v in d], "mean": round(float(d.mean()), 4),
-                                    "network_s_per_case": round(seconds[name] / len(val), 3)}
+                                    "network_s_per_case": round(seconds[name] / n, 3)}
         print(name, result["policies"][name], flush=True)
     print(json.dumps(result, indent=2))
 

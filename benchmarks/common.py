@@ -30,6 +30,27 @@ def base_parser(doc: str | None) -> argparse.ArgumentParser:
     return ap
 
 
+def dice(a, b, value: int) -> float:
+    """Dice of one label value between two label arrays (0 when neither has it)."""
+    x, y = a == value, b == value
+    return float(2 * (x & y).sum() / max(int(x.sum() + y.sum()), 1))
+
+
+def validation_cases(model_dir: Path, dataset: Path, n: int):
+    """(case id, image, reference labels) for the first ``n`` fold-0 validation cases of a seg3d model."""
+    import json
+
+    import numpy as np
+
+    from seg3d.io.image import read_image
+
+    ids = json.loads((model_dir / "splits.json").read_text())[0]["val"][:n]
+    for case in ids:
+        img = read_image(dataset / "imagesTr" / f"{case}_0000.nii.gz")
+        ref = np.asarray(read_image(dataset / "labelsTr" / f"{case}.nii.gz").array)
+        yield case, img, ref
+
+
 def dataset_id(ds: Path) -> str:
     """nnU-Net's numeric id from a folder named DatasetXXX_Name."""
     return str(int(ds.name.split("_")[0][len("Dataset"):]))

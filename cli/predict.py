@@ -37,6 +37,8 @@ def register(app: typer.Typer) -> None:
         fast: bool = typer.Option(False, "--fast", help=f"No TTA and step {FAST_STEP}: several times faster, "
                                   "slightly lower Dice."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+        precision: str = typer.Option("auto", "--precision", help="auto (fp16 on CUDA, bf16 on CPUs with native "
+                                      "bf16, else fp32), fp32, bf16 or fp16."),
         save_probabilities: bool = typer.Option(False, "--save-probabilities", help="Also write "
                                                 "<case>.npz with float16 class probabilities."),
         postprocess: bool = typer.Option(True, "--postprocess/--no-postprocess", help="Apply the "
@@ -64,7 +66,9 @@ def register(app: typer.Typer) -> None:
                 return predict_folder(input_dir, output_dir, model_dir, folds=parse_folds(fold_list), tta=tta,
                                       step=step, device=device, save_probabilities=save_probabilities,
                                       postprocess=postprocess, continue_=continue_, num_parts=num_parts,
-                                      part_id=part_id, progress=bar, config=config, checkpoint=checkpoint)
+                                      part_id=part_id, progress=bar, config=config, checkpoint=checkpoint,
+                                      precision=precision,
+                                      log=lambda s: console.print(s, highlight=False, soft_wrap=True))
 
         summary = guarded(run)
         _print_summary(summary)

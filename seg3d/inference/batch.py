@@ -112,8 +112,13 @@ def predict_folder(in_dir: str | Path, out_dir: str | Path, model_dir: str | Pat
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     if predictor is None:
+        from seg3d.inference.sliding_window import precision_warning
+
         predictor = Predictor(model_dir, folds=folds, config=config, device=device, tta=tta, step=step,
                               checkpoint=checkpoint, postprocess=postprocess, precision=precision)
+        warning = precision_warning(predictor.precision, predictor.device)
+        if warning and log:
+            log(f"warning: {warning}")
     cases, problems = list_input_cases(in_dir, predictor.plan.num_channels)
     ids = split_parts(list(cases), num_parts, part_id)
     out_dir.mkdir(parents=True, exist_ok=True)

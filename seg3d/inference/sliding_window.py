@@ -91,6 +91,19 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return None
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def precision_warning(precision: str, device: torch.device) -> str | None:
+    """Why a requested precision is a bad idea on this device (``None`` when it is fine)."""
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
+        return ("bf16 was requested but this CPU has no native bf16 convolutions (no AVX512-BF16/AMX): "
+                "PyTorch emulates them, measured 55-170x slower than fp32; 'auto' would use fp32 here")
+    if precision == "fp16" and device.type == "cpu":
+        return "fp16 on the CPU has no fast convolutions; use auto (bf16 where supported, else fp32)"
+    return None
+
+
 @lru_cache(maxsize=1)
 def cpu_has_fast_bf16() -> bool:
     try:

@@ -122,6 +122,9 @@ def train(plan_dir: str | Path, config_name: str = "3d_fullres", fold: int | str
 
     default_schedule(optimizer, lr)  # bad names and values fail here, before any work
     augmentation_preset(augmentation)
+    from seg3d.inference.predictor import check_precision
+
+    check_precision(precision)
     if time_budget_min is not None and not time_budget_min > 0:
         raise Seg3dError(f"--time-budget-min must be > 0, got {time_budget_min}")
     if epochs is not None and epochs < 1 or iters_per_epoch is not None and iters_per_epoch < 1:
@@ -152,7 +155,7 @@ def _train(plan, plan_dir, config, config_name, fold, model_dir, arch, loss, epo
            val_batches, validate, validation_tta, cache_workers, lr, augmentation) -> dict[str, Any]:
     import torch
 
-    from seg3d.inference.sliding_window import resolve_precision
+    from seg3d.inference.sliding_window import precision_warning, resolve_precision
     from seg3d.losses import build_loss
     from seg3d.model_dir import ModelInfo, fold_dir
     from seg3d.nets import build_network
@@ -195,6 +198,9 @@ def _train(plan, plan_dir, config, config_name, fold, model_dir, arch, loss, epo
     _seed_everything(seed)
     net = build_network(config, plan.num_channels, plan.num_classes, arch=arch, deep_supervision=True).to(dev)
     amp = resolve_precision(precision, dev)
+    warning = precision_warning(precision, dev)
+    if warning and info.is_main:
+        log(f"warning: {warning}")
     # channels-last-3d: faster on CUDA and under bf16, and ~15% faster in fp32 on this AVX2 CPU too (measured:
     # cpu-preset hippocampus step 0.95 s vs 1.13 s)
     channels_last = config.ndim == 3

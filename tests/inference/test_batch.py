@@ -102,15 +102,20 @@ def test_corrupt_file_is_reported_and_the_rest_completes(tmp_path):
     assert len(m["failures"]) == 2
 
 
-def test_cli_exit_code_and_summary_for_a_broken_batch(tmp_path, tiny_model_dir):
+def _predict_broken_batch(tmp_path, model_dir, *options: str):
+    """`seg3d predict` on a folder holding one unreadable file, output in tmp_path/out."""
     from seg3d.cli.main import app
     from typer.testing import CliRunner
 
     in_dir = tmp_path / "in"
-    in_dir.mkdir()
+    in_dir.mkdir(exist_ok=True)
     (in_dir / "broken_0000.nii.gz").write_bytes(b"\x1f\x8b garbage")
-    res = CliRunner().invoke(app, ["predict", "-i", str(in_dir), "-o", str(tmp_path / "out"), "-m",
-                                   str(tiny_model_dir), "--device", "cpu", "--folds", "0"])
+    return CliRunner().invoke(app, ["predict", "-i", str(in_dir), "-o", str(tmp_path / "out"), "-m",
+                                    str(model_dir), "--device", "cpu", *options])
+
+
+def test_cli_exit_code_and_summary_for_a_broken_batch(tmp_path, tiny_model_dir):
+    res = _predict_broken_batch(tmp_path, tiny_model_dir, "--folds", "0")
     assert res.exit_code == 1, res.output
     assert "broken_0000.nii.gz" in res.output and "failed 1" in res.output
 
@@ -172,3 +177,23 @@ def test_multichannel_listing_requires_every_channel(tmp_path):
     cases, problems = list_input_cases(d, 2)
     assert list(cases) == ["a"] and [p.name for p in cases["a"]] == ["a_0000.nii.gz", "a_0001.nii.gz"]
     assert len(problems) == 1 and problems[0][0] == "b" and "'b'" in problems[0][2]
+
+
+def test_cli_precision_is_checked_before_work_and_recorded(tmp_path, tiny_model_dir):
+    bad = _predict_broken_batch(tmp_path, tiny_model_dir, "--precision", "fp8")
+    assert bad.exit_code != 0 and "precision must be one of" in bad.output
+    assert not (tmp_path / "out").exists()
+    ok = _predict_broken_batch(tmp_path, tiny_model_dir, "--precision", "fp32")
+    assert ok.exit_code == 1  # the broken file, nothing else
+    assert json.loads((tmp_path / "out" / "predict_manifest.json").read_text())["precision"] == "fp32"
+
+
+def test_precision_warning_names_emulated_bf16_only_where_it_is_emulated():
+    import torch
+
+    from seg3d.inference.sliding_window import cpu_has_fast_bf16, precision_warning
+
+    cpu = torch.device("cpu")
+    assert precision_warning("fp32", cpu) is None and precision_warning("auto", cpu) is None
+    assert (precision_warning("bf16", cpu) is None) == cpu_has_fast_bf16()
+    assert "fp16" in precision_warning("fp16", cpu)

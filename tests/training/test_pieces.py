@@ -136,6 +136,6 @@ def test_bad_training_options_fail_before_any_work(tiny_plan, tmp_path):
 
     tiny_plan.save(tmp_path / "plans.json")  # no dataset recorded: any real work would fail differently
     for kw, msg in (({"augmentation": "heavy"}, "unknown augmentation"), ({"optimizer": "adam"}, "unknown optimizer"),
-                    ({"lr": 0.0}, "learning rate")):
+                    ({"lr": 0.0}, "learning rate"), ({"precision": "int8"}, "precision must be one of")):
         with pytest.raises(Seg3dError, match=msg):
             train(tmp_path, device="cpu", log=lambda s: None, **kw)
