@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 # Voxels (windows x patch, times mirrorings) fed to one forward pass; bounded to keep activations small.
-# On the CPU a forward pass holds at least 2 items: PyTorch sends batch-1 3D convolutions with few
-# channels x rows (the deeper stages of a small-patch UNet) to slow_conv3d instead of oneDNN, and a
-# batch of 2-4 windows costs 1.7-1.8x less per window (measured, 32x48x32 patch, benchmarks/RESULTS.md).
+# On the CPU a pass of windows up to that size holds at least 2 of them: PyTorch sends batch-1 3D
+# convolutions with few channels x rows (the deeper stages of a small-patch UNet) to slow_conv3d instead
+# of oneDNN, and 2-4 windows per pass cost about 1.5x less per window (32x48x32, benchmarks/RESULTS.md).
 _CPU_BATCH_VOXELS = 64 * 64 * 64
 _CPU_MIN_BATCH = 2
 _GPU_BATCH_VOXELS = 8 * 128 * 128 * 128
@@ -165,8 +165,9 @@ def sliding_window_predict(networks: nn.Module | Sequence[nn.Module], data, patc
         channels_last = device.type == "cuda" or amp is not None
     if batch_voxels is None:
         batch_voxels = _GPU_BATCH_VOXELS if device.type == "cuda" else _CPU_BATCH_VOXELS
-    forward_batch = max(1, batch_voxels // int(np.prod(patch3)))
-    if device.type == "cpu":
+    patch_voxels = int(np.prod(patch3))
+    forward_batch = max(1, batch_voxels // patch_voxels)
+    if device.type == "cpu" and patch_voxels <= batch_voxels:  # small windows only: large ones stay in bounds
         forward_batch = max(forward_batch, _CPU_MIN_BATCH)
 
     gauss = gaussian_importance(patch3, sigma_scale, device)
@@ -180,11 +181,13 @@ def sliding_window_predict(networks: nn.Module | Sequence[nn.Module], data, patc
                 acc = torch.zeros((probs.shape[1], *padded), dtype=torch.float32, device=acc_dev)
                 weight = torch.zeros(padded, dtype=torch.float32, device=acc_dev)
                 g_acc = gauss.to(acc_dev)
-            probs = (probs * gauss).to(acc.device, non_blocking=True)
-            for i, (start, _) in enumerate(batch):
+            probs = probs * gauss
+            # the mirrorings of one window are neighbours in the list: sum them, then one add into the
+            # (possibly large, many-class) accumulator per window
+            for start, (i, j) in _runs([s for s, _ in batch]):
                 sl = tuple(slice(a, a + p) for a, p in zip(start, patch3))
-                acc[(slice(None),) + sl] += probs[i]
-                weight[sl] += g_acc
+                acc[(slice(None),) + sl] += probs[i:j].sum(0).to(acc.device)
+                weight[sl] += g_acc * (j - i)
     acc /= weight
     if any(pad):
         acc = acc[(slice(None),) + tuple(slice(b, b + s) for b, s in zip(before, spatial))].contiguous()
@@ -212,6 +215,18 @@ def _accumulator_device(accumulate_on: str, device: torch.device, k: int, shape)
     need = 4 * (k + 1) * int(np.prod(shape))
     free, _ = torch.cuda.mem_get_info(device)
     return device if need < 0.5 * free else torch.device("cpu")
+
+
+def _runs(keys: list) -> list:
+    """``[(key, (first, end))]`` for each run of equal consecutive keys."""
+    out, i = [], 0
+    while i < len(keys):
+        j = i + 1
+        while j < len(keys) and keys[j] == keys[i]:
+            j += 1
+        out.append((keys[i], (i, j)))
+        i = j
+    return out
 
 
 def _predict_items(nets, x: torch.Tensor, items, patch3, slice_axis, amp, channels_last,

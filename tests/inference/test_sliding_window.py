@@ -119,7 +119,7 @@ def test_cpu_forward_passes_hold_two_windows_and_batching_does_not_change_the_re
                               torch.nn.LeakyReLU(), torch.nn.Conv3d(4, 3, 1)).eval()
     x = np.random.default_rng(4).normal(size=(1, 20, 24, 24)).astype(np.float32)
     small, big = _BatchRecorder(net), _BatchRecorder(net)
-    tiny_budget = sliding_window_predict(small, x, (8, 16, 16), 0.5, (0,), batch_voxels=1)
+    tiny_budget = sliding_window_predict(small, x, (8, 16, 16), 0.5, (0,), batch_voxels=8 * 16 * 16)
     large_budget = sliding_window_predict(big, x, (8, 16, 16), 0.5, (0,), batch_voxels=10**9)
     n_items = 4 * 2 * 2 * 2  # 4 x 2 x 2 windows, 2 mirrorings
     assert sum(small.batches) == sum(big.batches) == n_items
