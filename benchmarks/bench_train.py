@@ -61,12 +61,13 @@ import json, sys, time
 import torch
 from seg3d.training import train
 plan_dir, n, warm, out, model_dir = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+compile_model = len(sys.argv) > 6 and sys.argv[6] == "compile"
 stamps, lines = [], []
 def progress(done, total, msg):
     stamps.append(time.perf_counter())
 t_start = time.perf_counter()
 train(plan_dir, fold=0, model_dir=model_dir, epochs=1, iters_per_epoch=warm + n, device="cpu",
-      validate=False, val_batches=1, progress=progress, log=lines.append)
+      validate=False, val_batches=1, progress=progress, log=lines.append, compile_model=compile_model)
 steps = [b - a for a, b in zip(stamps, stamps[1:])][warm - 1:]
 import csv
 row = list(csv.DictReader(open(f"{model_dir}/fold_0/log.csv")))[-1]
@@ -96,6 +97,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2, help="iterations dropped at the start of each run")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_train"))
+    ap.add_argument("--also-compile", action="store_true", help="also time seg3d train --compile (the compilation "
+                    "falls in the warm-up iterations)")
     a = ap.parse_args()
     if a.nnunet_bin is None:
         sys.exit("--nnunet-bin is required (the comparison needs nnU-Net's plan)")
@@ -110,18 +113,20 @@ def main() -> None:
           f"{cfg.topology.features}", flush=True)
     (work / "nn_steps.py").write_text(NNUNET_STEPS)
     (work / "s3_steps.py").write_text(SEG3D_STEPS)
-    res: dict[str, list] = {"seg3d": [], "nnunet": []}
+    tools = ["seg3d", "nnunet"] + (["seg3d_compile"] if a.also_compile else [])
+    res: dict[str, list] = {t: [] for t in tools}
     for rep in range(a.reps):
-        for tool in ("seg3d", "nnunet") if rep % 2 == 0 else ("nnunet", "seg3d"):
+        for tool in tools if rep % 2 == 0 else tools[::-1]:
             out = work / f"{tool}_{rep}.json"
             if tool == "nnunet":
                 cmd = [str(a.nnunet_bin / "python"), str(work / "nn_steps.py"), str(pre), str(a.iters),
                        str(a.warmup), str(out), str(a.threads)]
             else:
-                model_dir = work / f"s3_model_{rep}"
+                model_dir = work / f"s3_model_{tool}_{rep}"
                 subprocess.run(["rm", "-rf", str(model_dir)], check=True)
                 cmd = [str(REPO / ".venv" / "bin" / "python"), str(work / "s3_steps.py"), str(work / "seg3d_plan"),
-                       str(a.iters), str(a.warmup), str(out), str(model_dir)]
+                       str(a.iters), str(a.warmup), str(out), str(model_dir),
+                       "compile" if tool == "seg3d_compile" else "eager"]
             wall = run_timed(cmd, env if tool == "nnunet" else None)
             r = json.loads(out.read_text())
             r["wall_s"] = wall
@@ -138,6 +143,9 @@ def main() -> None:
     summary["seg3d"]["data_wait_share"] = statistics.median(r["data_wait_share"] for r in res["seg3d"])
     summary["seg3d"]["setup"] = next((line for line in res["seg3d"][0]["log"] if "precision" in line), "")
     summary["speedup"] = summary["nnunet"]["s_per_it_median"] / summary["seg3d"]["s_per_it_median"]
+    if "seg3d_compile" in summary:
+        summary["speedup_compile"] = (summary["nnunet"]["s_per_it_median"]
+                                      / summary["seg3d_compile"]["s_per_it_median"])
     summary["settings"] = {"iters": a.iters, "warmup": a.warmup, "reps": a.reps, "patch": cfg.patch_size,
                            "batch": cfg.batch_size, "features": cfg.topology.features}
     print(json.dumps(summary, indent=2))

@@ -47,6 +47,8 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
         precision: str = typer.Option("auto", "--precision", help="auto (fp16 AMP on CUDA, bf16 on CPUs with "
                                       "native bf16, else fp32), fp32, bf16 or fp16."),
+        compile_model: bool = typer.Option(False, "--compile", help="torch.compile the training forward "
+                                           "(~1 min of compilation; for long GPU runs, ~no gain on a CPU)."),
         resume: bool = typer.Option(False, "--resume", help="Continue from fold_K/checkpoint_latest.pt."),
         optimizer: str | None = typer.Option(None, "--optimizer", help="sgd (Nesterov, poly) or adamw (warm-up). "
                                              "Default: the plan's preset (cpu: adamw), else sgd."),
@@ -70,6 +72,7 @@ def register(app: typer.Typer) -> None:
                 res = guarded(lambda: run(plan_dir, config_name=config, fold=f, model_dir=output, arch=arch,
                                           loss=loss, epochs=epochs, iters_per_epoch=iters_per_epoch,
                                           time_budget_min=time_budget_min, device=device, precision=precision,
+                                          compile_model=compile_model,
                                           resume=resume,
                                           optimizer=optimizer, lr=lr, augmentation=augmentation, seed=seed,
                                           num_workers=workers, dataset_dir=dataset,
