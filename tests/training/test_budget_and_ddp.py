@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 
@@ -44,10 +45,11 @@ _DDP_SCRIPT = textwrap.dedent("""
     import torch
     from seg3d.training import train
 
-    plan_dir, model_dir = sys.argv[1], sys.argv[2]
+    plan_dir, model_dir, compile_model = sys.argv[1], sys.argv[2], sys.argv[3] == "compile"
     lines = []
     res = train(plan_dir, fold=0, model_dir=model_dir, epochs=2, iters_per_epoch=2, device="cpu",
-                precision="fp32", num_workers=0, val_batches=1, validate=False, log=lines.append)
+                precision="fp32", num_workers=0, val_batches=1, validate=False, log=lines.append,
+                compile_model=compile_model)
     rank = int(os.environ["RANK"])
     # every rank's weights after training, to compare: DDP keeps the replicas identical
     w = torch.load(os.path.join(model_dir, "fold_0", "checkpoint_latest.pt"), weights_only=False)["model"] \\
@@ -58,19 +60,22 @@ _DDP_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_two_process_gloo_ddp_trains_and_rank0_writes(plan_dir, tmp_path):
+@pytest.mark.parametrize("mode", ["eager", "compile"])  # compile: torch.compile of the DDP-wrapped model
+def test_two_process_gloo_ddp_trains_and_rank0_writes(plan_dir, tmp_path, mode):
     script = tmp_path / "ddp_train.py"
     script.write_text(_DDP_SCRIPT)
     model_dir = tmp_path / "ddp"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), str(plan_dir), str(model_dir)], env=env, capture_output=True, text=True,
-                          timeout=300)
+                           str(script), str(plan_dir), str(model_dir), mode], env=env, capture_output=True,
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r0 = json.loads((model_dir / "rank0.json").read_text())
     r1 = json.loads((model_dir / "rank1.json").read_text())
     assert r0["steps"] == r1["steps"] == 4 and r0["epochs"] == r1["epochs"] == 2
     assert any("x2 ranks" in line for line in r0["log"]) and r1["log"] == []  # rank 0 speaks for everyone
+    compiled = [line for line in r0["log"] if line.startswith("torch.compile: the first step")]
+    assert len(compiled) == (mode == "compile") and not any("compile failed" in line for line in r0["log"])
     assert r0["threads"] == r1["threads"] >= 1  # the cores are shared between the ranks
     fdir = model_dir / "fold_0"
     ckpt = torch.load(fdir / "checkpoint_final.pt", weights_only=False)
