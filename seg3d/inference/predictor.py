@@ -44,13 +44,6 @@ def resolve_device(device: str):
     return torch.device(device)
 
 
-def check_precision(precision: str) -> None:
-    from seg3d.inference.sliding_window import PRECISIONS
-
-    if precision not in PRECISIONS:
-        raise Seg3dError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
-
-
 def label_dtype(label_values) -> np.dtype:
     return np.dtype(np.uint8) if max(label_values) <= 255 else np.dtype(np.uint16)
 
@@ -100,6 +93,8 @@ class Predictor:
             raise Seg3dError("model folder not found", self.model_dir)
         if not 0.0 < step <= 1.0:
             raise Seg3dError(f"step must be in (0, 1], got {step}")
+        from seg3d.inference.sliding_window import check_precision
+
         check_precision(precision)
         self.info = ModelInfo.load(self.model_dir)
         self.plan = Plan.load(self.model_dir / "plans.json")

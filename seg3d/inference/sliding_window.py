@@ -70,28 +70,35 @@ def window_items(shape: Sequence[int], patch: Sequence[int], step: float,
     return [(start, c) for start in starts for c in combos]
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def check_precision(precision: str) -> None:
+    """A precision name the user gave, checked before any work."""
+    if precision not in PRECISIONS:
+        from seg3d.errors import Seg3dError
+
+        raise Seg3dError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype to use (``None`` = float32).
 
     ``auto``: fp16 on CUDA; bf16 on CPUs whose oneDNN has native bf16 kernels, otherwise float32 (emulated
     bf16 convolutions are two orders of magnitude slower than float32, measured on AVX2-only CPUs).
     """
+    check_precision(precision)
     if precision == "fp32":
         return None
     if precision == "bf16":
         return torch.bfloat16
     if precision == "fp16":
         return torch.float16
-    if precision != "auto":
-        raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
     if device.type == "cuda":
         return torch.float16
     if device.type == "cpu" and cpu_has_fast_bf16():
         return torch.bfloat16
     return None
-
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def precision_warning(precision: str, device: torch.device) -> str | None:
@@ -184,10 +191,11 @@ def sliding_window_predict(networks: nn.Module | Sequence[nn.Module], data, patc
             probs = probs * gauss
             # the mirrorings of one window are neighbours in the list: sum them, then one add into the
             # (possibly large, many-class) accumulator per window
-            for start, (i, j) in _runs([s for s, _ in batch]):
+            for start, group in itertools.groupby(enumerate(batch), key=lambda item: item[1][0]):
+                idx = [i for i, _ in group]
                 sl = tuple(slice(a, a + p) for a, p in zip(start, patch3))
-                acc[(slice(None),) + sl] += probs[i:j].sum(0).to(acc.device)
-                weight[sl] += g_acc * (j - i)
+                acc[(slice(None),) + sl] += probs[idx[0]:idx[-1] + 1].sum(0).to(acc.device)
+                weight[sl] += g_acc * len(idx)
     acc /= weight
     if any(pad):
         acc = acc[(slice(None),) + tuple(slice(b, b + s) for b, s in zip(before, spatial))].contiguous()
@@ -215,18 +223,6 @@ def _accumulator_device(accumulate_on: str, device: torch.device, k: int, shape)
     need = 4 * (k + 1) * int(np.prod(shape))
     free, _ = torch.cuda.mem_get_info(device)
     return device if need < 0.5 * free else torch.device("cpu")
-
-
-def _runs(keys: list) -> list:
-    """``[(key, (first, end))]`` for each run of equal consecutive keys."""
-    out, i = [], 0
-    while i < len(keys):
-        j = i + 1
-        while j < len(keys) and keys[j] == keys[i]:
-            j += 1
-        out.append((keys[i], (i, j)))
-        i = j
-    return out
 
 
 def _predict_items(nets, x: torch.Tensor, items, patch3, slice_axis, amp, channels_last,

@@ -121,12 +121,12 @@ def train(plan_dir: str | Path, config_name: str = "3d_fullres", fold: int | str
     config = plan.config(config_name)
     optimizer, lr, augmentation = training_defaults(plan, optimizer, lr, augmentation)
     from seg3d.data import augmentation_preset
+    from seg3d.inference.sliding_window import check_precision
     from seg3d.training.schedule import default_schedule
 
-    default_schedule(optimizer, lr)  # bad names and values fail here, before any work
+    # bad names and values fail here, before any work
+    default_schedule(optimizer, lr)
     augmentation_preset(augmentation)
-    from seg3d.inference.predictor import check_precision
-
     check_precision(precision)
     if time_budget_min is not None and not time_budget_min > 0:
         raise Seg3dError(f"--time-budget-min must be > 0, got {time_budget_min}")
