@@ -112,7 +112,7 @@ def predict_folder(in_dir: str | Path, out_dir: str | Path, model_dir: str | Pat
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     if predictor is None:
-        from seg3d.inference.sliding_window import precision_warning
+        from seg3d.core.device import precision_warning
 
         predictor = Predictor(model_dir, folds=folds, config=config, device=device, tta=tta, step=step,
                               checkpoint=checkpoint, postprocess=postprocess, precision=precision)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from seg3d.core.device import resolve_device
 from seg3d.errors import Seg3dError
 from seg3d.io.image import Geometry
 from seg3d.model_dir import ModelInfo, available_folds, fold_dir
@@ -30,18 +31,6 @@ class Prediction:
     geometry: Geometry
     probabilities: np.ndarray | None = None  # (K, *input shape), class index order = label_values order
     timings: dict[str, float] = field(default_factory=dict)
-
-
-def resolve_device(device: str):
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise Seg3dError("--device cuda was requested but no CUDA GPU is available (use --device cpu)")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise Seg3dError(f"unknown device '{device}' (use auto, cpu or cuda)")
-    return torch.device(device)
 
 
 def label_dtype(label_values) -> np.dtype:
@@ -93,7 +82,7 @@ class Predictor:
             raise Seg3dError("model folder not found", self.model_dir)
         if not 0.0 < step <= 1.0:
             raise Seg3dError(f"step must be in (0, 1], got {step}")
-        from seg3d.inference.sliding_window import check_precision
+        from seg3d.core.device import check_precision
 
         check_precision(precision)
         self.info = ModelInfo.load(self.model_dir)

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from seg3d.core.device import resolve_precision
+
 # Voxels (windows x patch, times mirrorings) fed to one forward pass; bounded to keep activations small.
 # On the CPU a pass of windows up to that size holds at least 2 of them: PyTorch sends batch-1 3D
 # convolutions with few channels x rows (the deeper stages of a small-patch UNet) to slow_conv3d instead
@@ -68,55 +70,6 @@ def window_items(shape: Sequence[int], patch: Sequence[int], step: float,
     starts = itertools.product(*(window_starts(s, p, step) for s, p in zip(shape, patch)))
     combos = mirror_combinations(mirror_axes)
     return [(start, c) for start in starts for c in combos]
-
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def check_precision(precision: str) -> None:
-    """A precision name the user gave, checked before any work."""
-    if precision not in PRECISIONS:
-        from seg3d.errors import Seg3dError
-
-        raise Seg3dError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype to use (``None`` = float32).
-
-    ``auto``: fp16 on CUDA; bf16 on CPUs whose oneDNN has native bf16 kernels, otherwise float32 (emulated
-    bf16 convolutions are two orders of magnitude slower than float32, measured on AVX2-only CPUs).
-    """
-    check_precision(precision)
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    if device.type == "cuda":
-        return torch.float16
-    if device.type == "cpu" and cpu_has_fast_bf16():
-        return torch.bfloat16
-    return None
-
-
-def precision_warning(precision: str, device: torch.device) -> str | None:
-    """Why a requested precision is a bad idea on this device (``None`` when it is fine)."""
-    if precision == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
-        return ("bf16 was requested but this CPU has no native bf16 convolutions (no AVX512-BF16/AMX): "
-                "PyTorch emulates them, measured 55-170x slower than fp32; 'auto' would use fp32 here")
-    if precision == "fp16" and device.type == "cpu":
-        return "fp16 on the CPU has no fast convolutions; use auto (bf16 where supported, else fp32)"
-    return None
-
-
-@lru_cache(maxsize=1)
-def cpu_has_fast_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 @contextmanager

@@ -121,7 +121,7 @@ def train(plan_dir: str | Path, config_name: str = "3d_fullres", fold: int | str
     config = plan.config(config_name)
     optimizer, lr, augmentation = training_defaults(plan, optimizer, lr, augmentation)
     from seg3d.data import augmentation_preset
-    from seg3d.inference.sliding_window import check_precision
+    from seg3d.core.device import check_precision
     from seg3d.training.schedule import default_schedule
 
     # bad names and values fail here, before any work
@@ -137,7 +137,7 @@ def train(plan_dir: str | Path, config_name: str = "3d_fullres", fold: int | str
         epochs = DEFAULT_EPOCHS if budget_s is None else 10**9
     if iters_per_epoch is None:
         iters_per_epoch = DEFAULT_ITERS if budget_s is None else BUDGET_ITERS
-    from seg3d.inference.predictor import resolve_device
+    from seg3d.core.device import resolve_device
 
     dev = resolve_device(device)
     info = dist_mod.init_distributed(dev.type)
@@ -160,7 +160,7 @@ def _train(plan, plan_dir, config, config_name, fold, model_dir, arch, loss, epo
            compile_model: bool = False) -> dict[str, Any]:
     import torch
 
-    from seg3d.inference.sliding_window import precision_warning, resolve_precision
+    from seg3d.core.device import precision_warning, resolve_precision
     from seg3d.losses import build_loss
     from seg3d.model_dir import ModelInfo, fold_dir
     from seg3d.nets import build_network

@@ -191,7 +191,7 @@ def test_cli_precision_is_checked_before_work_and_recorded(tmp_path, tiny_model_
 def test_precision_warning_names_emulated_bf16_only_where_it_is_emulated():
     import torch
 
-    from seg3d.inference.sliding_window import cpu_has_fast_bf16, precision_warning
+    from seg3d.core.device import cpu_has_fast_bf16, precision_warning
 
     cpu = torch.device("cpu")
     assert precision_warning("fp32", cpu) is None and precision_warning("auto", cpu) is None

@@ -87,9 +87,11 @@ def test_multichannel_and_channel_count_errors(tmp_path, two_channel_plan):
 
 def test_fold_ensemble_is_the_mean_of_the_folds(tiny_model_dir):
     x = np.random.default_rng(1).normal(size=(1, 12, 40, 36)).astype(np.float32)
-    both = Predictor(tiny_model_dir, folds="all-available", device="cpu", tta=False).predict_preprocessed(x)
-    f0 = Predictor(tiny_model_dir, folds=[0], device="cpu", tta=False).predict_preprocessed(x)
-    f1 = Predictor(tiny_model_dir, folds=[1], device="cpu", tta=False).predict_preprocessed(x)
+    # fp32: an exactness test (auto would pick bf16 on CPUs with native bf16)
+    both = Predictor(tiny_model_dir, folds="all-available", device="cpu", tta=False,
+                     precision="fp32").predict_preprocessed(x)
+    f0 = Predictor(tiny_model_dir, folds=[0], device="cpu", tta=False, precision="fp32").predict_preprocessed(x)
+    f1 = Predictor(tiny_model_dir, folds=[1], device="cpu", tta=False, precision="fp32").predict_preprocessed(x)
     assert (f0 - f1).abs().max() > 1e-3  # two different networks
     torch.testing.assert_close(both, (f0 + f1) / 2, atol=1e-5, rtol=1e-5)
 
