@@ -8,8 +8,9 @@ import torch
 from inference_helpers import make_model_dir, random_geometry, write_case
 
 from seg3d.errors import Seg3dError
-from seg3d.inference import Predictor, predict_folder
+from seg3d.inference import Predictor
 from seg3d.io.image import Geometry, read_header, read_image, write_image
+from seg3d.runners.local import predict_folder
 
 
 class BrightIsCore(torch.nn.Module):
@@ -104,7 +105,7 @@ def test_simpleitk_api_keeps_geometry_and_missing_fold_is_named(tiny_model_dir):
     img.SetOrigin((4.0, 5.0, 6.0))
     img.SetDirection((0, 1, 0, 1, 0, 0, 0, 0, -1))
     p = Predictor(tiny_model_dir, folds=[1], device="cpu", tta=False)
-    out = p.predict_image(img)
+    out = p.predict_case(img)  # a SimpleITK image in: a SimpleITK image out, on the same grid
     assert Geometry.from_sitk(out) == Geometry.from_sitk(img)
     with pytest.raises(Seg3dError, match="fold"):
         Predictor(tiny_model_dir, folds=[4], device="cpu")
