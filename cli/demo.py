@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from seg3d.cli.common import console, guarded, out, progress_bar
+from seg3d.cli.common import guarded, out, progress_bar
 
 
 def register(app: typer.Typer) -> None:
@@ -32,7 +32,6 @@ def register(app: typer.Typer) -> None:
 
         with stack:
             res = guarded(lambda: run_demo(output, data=data, minutes=minutes, preset=preset, workers=workers,
-                                           log=lambda s: console.print(f"[bold cyan]demo:[/] {s}", highlight=False),
                                            progress_factory=factory, device=device))
         summary = res.evaluation.get("per_class", {}) if isinstance(res.evaluation, dict) else {}
         table = Table(title=f"Held-out Dice ({len(res.held_out_cases)} cases never seen in training)")

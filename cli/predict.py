@@ -60,8 +60,7 @@ def register(app: typer.Typer) -> None:
 
         def run():
             with progress_bar("predict") as bar:
-                return predict_folder(input_dir, output_dir, model_dir, settings, progress=bar,
-                                      log=lambda s: console.print(s, highlight=False, soft_wrap=True))
+                return predict_folder(input_dir, output_dir, model_dir, settings, progress=bar)
 
         summary = guarded(run)
         _print_summary(summary)

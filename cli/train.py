@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from seg3d.cli.common import console, guarded, out, progress_bar
+from seg3d.cli.common import guarded, out, progress_bar
 
 
 def register(app: typer.Typer) -> None:
@@ -65,7 +65,7 @@ def register(app: typer.Typer) -> None:
             settings = base.with_(fold=str(f))
             with progress_bar(f"fold {f}") as progress:
                 res = guarded(lambda: run(plan_dir, settings, model_dir=output, dataset_dir=dataset,
-                                          progress=progress, log=lambda s: console.print(s, highlight=False)))
+                                          progress=progress))
             val = res.get("validation") or {}
             msg = f"fold {f}: {res['epochs']} epochs, {res['seconds']:.0f} s; model in {res['model_dir']}"
             if val.get("mean_foreground_dice") is not None:

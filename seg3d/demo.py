@@ -13,9 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seg3d.errors import Seg3dError
-from seg3d.progress import ProgressFn
-
-LogFn = Callable[[str], None]
+from seg3d.progress import LogFn, ProgressFn, log_info
 
 
 @dataclass
@@ -66,7 +64,7 @@ def _held_out_folders(dataset_dir: Path, model_dir: Path, work: Path) -> tuple[P
 def run_demo(out_dir: str | Path = "demo_output", data: str | Path | None = None, minutes: float = 6.0,
              preset: str = "cpu", workers: int | None = None, num_phantoms: int = 20, num_test: int = 6,
              phantom_shape: tuple[int, int, int] = (20, 64, 64),
-             log: LogFn = lambda s: None, progress_factory: Callable[[str], ProgressFn | None] | None = None,
+             log: LogFn = log_info, progress_factory: Callable[[str], ProgressFn | None] | None = None,
              device: str = "auto") -> DemoResult:
     """Run the whole pipeline and return where everything went and the evaluation summary."""
     from seg3d.evaluation import evaluate_folder

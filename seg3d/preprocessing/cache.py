@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 import zlib
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from seg3d.atomic import atomic_path, write_json_atomic
 from seg3d.errors import Seg3dError
+from seg3d.parallel import map_cases
 from seg3d.progress import ProgressFn, report
 
 CACHE_VERSION = 1
@@ -110,12 +110,6 @@ def _remove_entry(cache_dir: Path, case_id: str) -> None:
         path.unlink(missing_ok=True)
 
 
-def _worker_init() -> None:
-    import torch
-
-    torch.set_num_threads(1)  # one process per core; also keeps forked children off the parent's thread pool
-
-
 def _build_one(case, plan, config_name: str, cache_dir: str):
     try:
         return case.case_id, build_entry(case, plan, config_name, Path(cache_dir)) and None
@@ -130,7 +124,6 @@ def build_cache(dataset, plan, config_name: str, cache_dir, workers: int | None 
     Complete entries are kept when the dataset digest and the plan configuration hash are unchanged;
     otherwise every entry is rebuilt. ``workers``: None = all cores, 0/1 = in this process.
     """
-    import multiprocessing as mp
 
     from seg3d.io.layout import Dataset, dataset_digest, load_dataset
 
@@ -152,25 +145,15 @@ def build_cache(dataset, plan, config_name: str, cache_dir, workers: int | None 
     todo = [c for c in ds.cases if not _entry_complete(cache_dir, c.case_id)]
     total, done = len(ds.cases), len(ds.cases) - len(todo)
     report(progress, done, total, "cached" if not todo else "preprocessing")
-    failures: list[str] = []
-    workers = os.cpu_count() or 1 if workers is None else workers
-    if workers <= 1 or len(todo) <= 1:
-        for case in todo:
-            cid, err = _build_one(case, plan, config_name, str(cache_dir))
-            failures += [err] if err else []
-            done += 1
-            report(progress, done, total, cid)
-    else:
+    if todo and workers != 0 and workers != 1:
         import torch  # noqa: F401  imported once here so forked workers inherit it (2-3 s each otherwise)
 
-        ctx = mp.get_context("fork")
-        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx, initializer=_worker_init) as ex:
-            futs = [ex.submit(_build_one, c, plan, config_name, str(cache_dir)) for c in todo]
-            for fut in as_completed(futs):
-                cid, err = fut.result()
-                failures += [err] if err else []
-                done += 1
-                report(progress, done, total, cid)
+    def counted(done_before: int) -> ProgressFn | None:  # progress over all cases, cached ones included
+        return None if progress is None else lambda d, _t, m: progress(done_before + d, total, m)
+
+    results = map_cases(partial(_build_one, plan=plan, config_name=config_name, cache_dir=str(cache_dir)), todo,
+                        workers, counted(done), message=lambda res: res[0], chunksize=1)
+    failures = [err for _, err in results if err]
     if failures:
         raise Seg3dError(f"{len(failures)} case(s) could not be preprocessed:\n  " + "\n  ".join(failures),
                          cache_dir)

@@ -9,7 +9,6 @@ redoes exactly the missing cases.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -18,12 +17,12 @@ from seg3d.core.device import precision_warning
 from seg3d.core.settings import PredictSettings, settings_from
 from seg3d.inference import stages
 from seg3d.inference.stages import CaseRecord, Job
-from seg3d.progress import ProgressFn, report
+from seg3d.progress import LogFn, ProgressFn, log_info, report
 
 
 def predict_folder(in_dir: str | Path, out_dir: str | Path, model_dir: str | Path | None,
                    settings: PredictSettings | None = None, *, predictor=None,
-                   progress: ProgressFn | None = None, log: Callable[[str], None] | None = None,
+                   progress: ProgressFn | None = None, log: LogFn = log_info,
                    **overrides: Any) -> dict[str, Any]:
     """Predict every case of ``in_dir`` into ``out_dir`` (``<case><ending>``); returns a summary dict.
 
@@ -42,7 +41,7 @@ def predict_folder(in_dir: str | Path, out_dir: str | Path, model_dir: str | Pat
 
         predictor = Predictor(model_dir, settings)
         warning = precision_warning(predictor.precision, predictor.device)
-        if warning and log:
+        if warning:
             log(f"warning: {warning}")
     inventory = stages.list_inputs(in_dir, out_dir, predictor.plan.num_channels, settings)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -59,7 +58,7 @@ def predict_folder(in_dir: str | Path, out_dir: str | Path, model_dir: str | Pat
 
 
 def _pipeline(todo: list[Job], predictor, records: dict[str, CaseRecord], failures: list[CaseRecord],
-              progress: ProgressFn | None, log: Callable[[str], None] | None) -> None:
+              progress: ProgressFn | None, log: LogFn) -> None:
     """Read ahead (1 thread), predict here, write behind (1 thread); at most one case waits to be written."""
     total, done = len(todo), 0
     t0 = time.perf_counter()
@@ -69,8 +68,7 @@ def _pipeline(todo: list[Job], predictor, records: dict[str, CaseRecord], failur
         records[r.case] = r
         if r.status == "failed":
             failures.append(r)
-            if log:
-                log(f"failed: {r.error}")
+            log(f"failed: {r.error}")
         done += 1
         rate = f"{done / max(time.perf_counter() - t0, 1e-9):.2f} cases/s" if r.status == "ok" else ""
         report(progress, done, total, rate)

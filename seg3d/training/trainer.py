@@ -35,7 +35,7 @@ from seg3d.core.model_folder import ModelFolder, ModelInfo
 from seg3d.core.plan_folder import PlanFolder
 from seg3d.core.settings import TrainSettings, settings_from
 from seg3d.errors import Seg3dError
-from seg3d.progress import ProgressFn, report
+from seg3d.progress import LogFn, ProgressFn, log_info, report
 from seg3d.training import distributed as dist_mod
 
 EMA_KEEP = 0.9
@@ -84,13 +84,14 @@ def training_defaults(plan, optimizer: str | None, lr: float | None,
 
 def train(plan_dir: str | Path, settings: TrainSettings | None = None, *, model_dir: str | Path | None = None,
           dataset_dir: str | Path | None = None, progress: ProgressFn | None = None,
-          log: Callable[[str], None] = print, **overrides: Any) -> dict[str, Any]:
+          log: LogFn = log_info, **overrides: Any) -> dict[str, Any]:
     """Train one fold; returns a dict of results (epochs, steps, seconds, best EMA pseudo-Dice, validation).
 
     ``settings`` (:class:`~seg3d.core.settings.TrainSettings`) with keyword ``overrides`` of its fields.
     ``model_dir`` defaults to ``PLAN_DIR/models/<config>_<arch>_<loss>``; ``dataset_dir`` is only needed when
     neither the plan folder nor an existing cache records it. Launched by ``torchrun`` with several
-    processes, the ranks train one DDP model (rank 0 writes). CPU threads are the caller's choice
+    processes, the ranks train one DDP model (rank 0 writes). ``log`` gets one line per epoch (default: the
+    ``seg3d`` logger, :func:`seg3d.progress.log_info`). CPU threads are the caller's choice
     (:func:`seg3d.core.device.set_threads`; the CLI divides the cores between the ranks).
 
     Raises:
@@ -119,7 +120,7 @@ class Trainer:
 
     def __init__(self, plan_dir: str | Path, settings: TrainSettings, *, model_dir: str | Path | None = None,
                  dataset_dir: str | Path | None = None, progress: ProgressFn | None = None,
-                 log: Callable[[str], None] = print, loss_fn: LossFn | None = None,
+                 log: LogFn = log_info, loss_fn: LossFn | None = None,
                  batches: BatchSource | None = None):
         from seg3d.core.plan import Plan
         from seg3d.data import augmentation_preset

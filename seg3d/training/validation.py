@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from seg3d.atomic import write_json_atomic
-from seg3d.progress import ProgressFn, report
+from seg3d.progress import LogFn, ProgressFn, log_info, report
 
 
 def confusion_counts(logits, target, num_classes: int):
@@ -43,7 +43,7 @@ def dice_from_counts(counts) -> list[float]:
 
 
 def validate_fold(model_dir: Path, fold: int | str, val_ids: list[str], dataset_dir: Path, device: str,
-                  tta: bool = True, progress: ProgressFn | None = None, log=print,
+                  tta: bool = True, progress: ProgressFn | None = None, log: LogFn = log_info,
                   precision: str = "auto") -> dict:
     """Predict the fold's held-out cases from ``checkpoint_final.pt`` and score them (Dice per case and class)."""
     from seg3d.core.model_folder import ModelFolder
