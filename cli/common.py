@@ -92,3 +92,25 @@ def progress_bar(description: str) -> Iterator[Callable[[int, int, str], None]]:
             prog.update(task, completed=done, total=total, msg=message)
 
         yield update
+
+
+def deprecated(old: str, new: str) -> None:
+    """Note that an old option spelling still works for this release only."""
+    console.print(f"[yellow]note:[/] {old} is deprecated and will be removed in the next release; use {new}",
+                  highlight=False)
+
+
+def fold_values(values: list[str] | None, extra_args: list[str]) -> list[str]:
+    """``--folds 0 1 2``: typer takes one value per option, the others arrive as extra arguments (numbers,
+    ``all``, ``all-available``); anything else there is a usage error."""
+    import typer
+
+    known = [a for a in extra_args if a.replace(",", "").isdigit() or a in ("all", "all-available")]
+    stray = [a for a in extra_args if a not in known]
+    if stray:
+        console.print(f"[bold red]error:[/] unexpected argument(s): {' '.join(stray)}")
+        raise typer.Exit(2)
+    return list(values or []) + known
+
+
+THREADS_HELP = "CPU threads for the network (default: every core this process may use)."
