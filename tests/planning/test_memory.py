@@ -1,3 +1,5 @@
+import pytest
+
 """The meta-device estimate grows with patch and batch and agrees with a real CPU training step."""
 import json
 import subprocess
@@ -67,6 +69,7 @@ def test_deep_supervision_heads_are_counted():
     assert many - few >= 18 * voxels * 4 * 2  # at least logits + softmax, fp32
 
 
+@pytest.mark.slow
 def test_estimate_agrees_with_a_real_cpu_step():
     # fp32 only: a bf16 CPU step of the same size takes ~100 s here (its ratio was 0.89 when measured)
     prec, batch, patch = "fp32", 2, (16, 96, 96)
