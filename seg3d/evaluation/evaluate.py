@@ -10,8 +10,9 @@ import os
 from pathlib import Path
 
 from seg3d.errors import Seg3dError
+from seg3d.evaluation.metrics import CONVENTIONS, as_label_array, case_metrics_detail
 from seg3d.evaluation.report import aggregate, nan_to_none, write_reports
-from seg3d.io.image import SUPPORTED_ENDINGS, ending_of
+from seg3d.io.image import SUPPORTED_ENDINGS, ending_of, read_header, read_image
 from seg3d.io.layout import read_dataset_labels as load_labels
 from seg3d.parallel import map_cases
 from seg3d.progress import ProgressFn
@@ -52,7 +53,6 @@ def match_cases(pred_dir, gt_dir) -> tuple[list[tuple[str, Path, Path]], list[st
 
 def check_geometry(pairs: list[tuple[str, Path, Path]]) -> None:
     """Every prediction on its reference's grid (size, spacing, origin, direction), else one error naming all."""
-    from seg3d.io.image import read_header
 
     bad = []
     for cid, pred, ref in pairs:
@@ -70,8 +70,6 @@ def _evaluate_pair(cid: str, pred_path: Path, ref_path: Path, class_values: list
     """Worker: read one pair and measure it (top-level so process pools can pickle it)."""
     import numpy as np
 
-    from seg3d.evaluation.metrics import as_label_array, case_metrics_detail
-    from seg3d.io.image import read_image
 
     pred, ref = read_image(pred_path), read_image(ref_path)
     diff = ref.geometry.mismatches(pred.geometry)
@@ -130,7 +128,6 @@ def evaluate_folder(pred_dir, gt_dir, out_dir, labels: dict[str, int] | None = N
     ``model_dir``: the model that made the predictions; the report links its training curves
     (``fold_*/progress.png``).
     """
-    from seg3d.evaluation.metrics import CONVENTIONS
 
     if tolerance_mm < 0 or not math.isfinite(tolerance_mm):
         raise Seg3dError(f"--tolerance-mm must be a finite number >= 0, got {tolerance_mm}")

@@ -21,6 +21,10 @@ from pathlib import Path
 from seg3d.atomic import write_json_atomic, write_text_atomic
 from seg3d.core.model_folder import ModelFolder
 from seg3d.errors import Seg3dError
+from seg3d.evaluation.evaluate import list_label_files
+from seg3d.evaluation.metrics import case_metrics
+from seg3d.io.image import read_image
+from seg3d.io.layout import load_dataset
 
 
 def _load_json(path: Path) -> dict | None:
@@ -156,7 +160,6 @@ def read_postprocessing(model_dir: Path, value_to_name: dict[int, str]) -> dict[
 
 def _references(model_dir: Path) -> dict[str, Path]:
     """Reference label files of the training dataset the model folder records, if present."""
-    from seg3d.io.layout import load_dataset
 
     ddir = ModelFolder(model_dir).dataset_dir()
     if not ddir:
@@ -170,7 +173,6 @@ def _references(model_dir: Path) -> dict[str, Path]:
 
 def _dice_by_name(pred, ref, value_to_name: dict[int, str]) -> dict[str, float | None]:
     """Dice per class name of label map ``pred`` against the reference image ``ref`` (None where undefined)."""
-    from seg3d.evaluation.metrics import case_metrics
 
     m = case_metrics(pred, ref.array, ref.geometry.spacing_zyx, list(value_to_name), surface=False)
     return {value_to_name[v]: (None if math.isnan(x.dice) else x.dice) for v, x in m.items()}
@@ -178,8 +180,6 @@ def _dice_by_name(pred, ref, value_to_name: dict[int, str]) -> dict[str, float |
 
 def dice_from_predictions(vdir: Path, refs: dict[str, Path], value_to_name: dict[int, str]) -> dict:
     """Fold validation Dice computed from its saved label maps (when no summary.json was written)."""
-    from seg3d.evaluation.evaluate import list_label_files
-    from seg3d.io.image import read_image
 
     cases = {}
     for cid, pred_path in list_label_files(vdir, "validation").items():
@@ -291,7 +291,6 @@ def ensemble_cv(model_dirs: list[Path]) -> tuple[dict | None, str]:
     ``(None, why not)``. Needs every model to have ``<case>.npz`` for the same validation cases of each fold."""
     import numpy as np
 
-    from seg3d.io.image import read_image
 
     labels = _labels(model_dirs[0])
     if not labels or any(_labels(d) != labels for d in model_dirs[1:]):

@@ -23,6 +23,8 @@ from seg3d.atomic import atomic_path
 from seg3d.errors import Seg3dError
 from seg3d.io.niigz import read_sitk
 
+# SimpleITK imported inside the functions that use it: `seg3d --help`, `seg3d check` and `seg3d plan` stay fast
+
 SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 

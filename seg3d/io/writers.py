@@ -24,6 +24,8 @@ from seg3d.atomic import atomic_path
 from seg3d.errors import Seg3dError
 from seg3d.io.image import Geometry, ending_of, write_image
 
+# nibabel imported inside the functions that use it: `seg3d --help`, `seg3d check` and `seg3d plan` stay fast
+
 if TYPE_CHECKING:
     from seg3d.io.sources import CaseSource
 

@@ -87,7 +87,7 @@ def known_architecture(arch: str) -> bool:
     (the registry is only imported, with torch, for names without a counter)."""
     if arch in COUNTERS:
         return True
-    from seg3d.nets import architecture_names
+    from seg3d.nets import architecture_names  # here only: the registry imports torch, planning does not
 
     return arch in architecture_names()
 

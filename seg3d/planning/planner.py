@@ -13,6 +13,8 @@ import numpy as np
 from seg3d.core.plan import ChannelNormalization, Configuration, Plan, TrainingDefaults
 from seg3d.core.plan_folder import PlanFolder
 from seg3d.errors import Seg3dError
+from seg3d.fingerprint import problems_error, scan_dataset
+from seg3d.planning.memory import known_architecture
 from seg3d.planning.presets import Preset, load_preset
 from seg3d.planning.search import Task, make_configuration, plan_lowres
 from seg3d.planning.spacing import shape_at_spacing, target_spacing
@@ -82,10 +84,8 @@ def plan_from_fingerprint(fp, preset: Preset | str = "8gb", progress: ProgressFn
 
 
 def _check_arch(arch: str) -> None:
-    from seg3d.planning.memory import known_architecture
-
     if not known_architecture(arch):
-        from seg3d.nets import architecture_names
+        from seg3d.nets import architecture_names  # here only: the registry imports torch, planning does not
 
         raise Seg3dError(f"unknown architecture '{arch}' (choose from {', '.join(architecture_names())})")
 
@@ -100,8 +100,6 @@ def plan_dataset(dataset_dir: str | Path, out_dir: str | Path, preset: str = "8g
     ``gpu_memory_gb`` replaces the preset's memory budget; ``arch`` is the architecture the memory estimate
     sizes patch and batch for (train with the same ``--arch``).
     """
-    from seg3d.fingerprint import problems_error, scan_dataset
-
     chosen = load_preset(preset, gpu_memory_gb)  # a bad preset or architecture fails before any file is read
     _check_arch(arch)
     out = Path(out_dir)

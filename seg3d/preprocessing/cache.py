@@ -20,8 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from seg3d.atomic import atomic_path, write_json_atomic
+from seg3d.core.plan import Plan
 from seg3d.errors import Seg3dError
+from seg3d.io.layout import Dataset, dataset_digest, load_dataset, read_case_images, read_case_label
 from seg3d.parallel import map_cases
+from seg3d.preprocessing.pipeline import CaseProperties, preprocess_case
 from seg3d.progress import ProgressFn, report
 
 CACHE_VERSION = 1
@@ -70,8 +73,6 @@ def _entry_paths(cache_dir: Path, case_id: str) -> dict[str, Path]:
 
 def build_entry(case, plan, config_name: str, cache_dir: Path) -> str:
     """Preprocess one case and write its entry (JSON last). Returns the case id."""
-    from seg3d.io.layout import read_case_images, read_case_label
-    from seg3d.preprocessing.pipeline import preprocess_case
 
     cfg = plan.config(config_name)
     data, geo = read_case_images(case, plan.num_channels)
@@ -125,7 +126,6 @@ def build_cache(dataset, plan, config_name: str, cache_dir, workers: int | None 
     otherwise every entry is rebuilt. ``workers``: None = all cores, 0/1 = in this process.
     """
 
-    from seg3d.io.layout import Dataset, dataset_digest, load_dataset
 
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     cache_dir = Path(cache_dir)
@@ -189,7 +189,6 @@ class CaseCache:
     @property
     def plan(self):
         if self._plan is None:
-            from seg3d.core.plan import Plan
 
             self._plan = Plan.load(self.cache_dir / PLAN_COPY)
         return self._plan
@@ -198,7 +197,6 @@ class CaseCache:
         return json.loads(_entry_paths(self.cache_dir, case_id)["json"].read_text())
 
     def properties(self, case_id: str):
-        from seg3d.preprocessing.pipeline import CaseProperties
 
         return CaseProperties.from_dict(self.meta(case_id)["properties"])
 
@@ -241,7 +239,6 @@ class CaseCache:
         return data, seg, fg
 
     def _rebuild(self, case_id: str) -> None:
-        from seg3d.io.layout import load_dataset
 
         root = self.manifest["dataset_root"]
         try:

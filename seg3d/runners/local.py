@@ -16,6 +16,7 @@ from typing import Any
 from seg3d.core.device import precision_warning
 from seg3d.core.settings import PredictSettings, settings_from
 from seg3d.inference import stages
+from seg3d.inference.predictor import Predictor
 from seg3d.inference.stages import CaseRecord, Job
 from seg3d.progress import LogFn, ProgressFn, log_info, report
 
@@ -37,7 +38,6 @@ def predict_folder(in_dir: str | Path, out_dir: str | Path, model_dir: str | Pat
     started = stages.now()
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     if predictor is None:
-        from seg3d.inference.predictor import Predictor
 
         predictor = Predictor(model_dir, settings)
         warning = precision_warning(predictor.precision, predictor.device)
