@@ -64,10 +64,10 @@ def evaluate(
 
 
 def summary(
+    ctx: typer.Context,
     models: list[Path] = typer.Option(None, "-m", "--model", help="A trained model folder (with fold_K/); "
                                       "repeat to compare several (other configurations or architectures)."),
     output: Path = typer.Option(None, "-o", "--output", help="Also write summary.md and summary.json here."),
-    model_dir_old: Path = typer.Argument(None, hidden=True, help="Old spelling: the model folder as argument."),
     models_old: list[Path] = typer.Option(None, "--models", hidden=True, help="Old spelling of -m/--model."),
 ) -> None:
     """Cross-validation Dice per fold and class, post-processing, training time; which model to use."""
@@ -75,11 +75,12 @@ def summary(
 
     from seg3d.evaluation.summary import summarize_models, write_summary
 
-    if model_dir_old is not None:
+    old_args = [Path(a) for a in ctx.args]  # the previous release took the model folder as an argument
+    if old_args:
         deprecated("the model folder as an argument", "-m/--model MODEL_DIR")
     if models_old:
         deprecated("--models", "-m/--model (repeated)")
-    dirs = [*([model_dir_old] if model_dir_old is not None else []), *(models or []), *(models_old or [])]
+    dirs = [*old_args, *(models or []), *(models_old or [])]
     if not dirs:
         console.print("[bold red]error:[/] give the model folder(s) with -m/--model")
         raise typer.Exit(2)
@@ -112,4 +113,4 @@ def summary(
 
 def register(app: typer.Typer) -> None:
     app.command("evaluate")(evaluate)
-    app.command("summary")(summary)
+    app.command("summary", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})(summary)

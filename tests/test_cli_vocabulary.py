@@ -40,6 +40,10 @@ def test_old_spellings_work_with_a_deprecation_note(tmp_path):
     assert res.exit_code == 2 and "unexpected argument(s): x" in res.output
     res = CliRunner().invoke(app, ["train", str(tmp_path / "no_plan"), "--folds", "all-available"])
     assert res.exit_code == 1 and "all-available is for predict" in res.output
+    res = CliRunner().invoke(app, ["summary", str(tmp_path / "nope")])
+    assert "model folder as an argument is deprecated" in res.output and "model folder not found" in res.output
+    res = CliRunner().invoke(app, ["summary"])
+    assert res.exit_code == 2 and "-m/--model" in res.output
     res = CliRunner().invoke(app, ["summary", "--models", str(tmp_path / "nope")])
     assert "--models is deprecated" in res.output and res.exit_code == 1
     res = CliRunner().invoke(app, ["evaluate", str(tmp_path), str(tmp_path), "-o", str(tmp_path / "r"),
