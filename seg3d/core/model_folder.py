@@ -192,7 +192,7 @@ class ModelFolder:
         half-trained folders)."""
         try:
             d = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):  # missing, unreadable, not UTF-8, not JSON
             return None
         return d if isinstance(d, dict) else None
 

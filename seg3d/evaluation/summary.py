@@ -27,14 +27,6 @@ from seg3d.io.image import read_image
 from seg3d.io.layout import load_dataset
 
 
-def _load_json(path: Path) -> dict | None:
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
 def _num(v) -> float | None:
     if isinstance(v, dict):
         for k in ("dice", "Dice", "dice_mean", "mean"):
@@ -62,7 +54,7 @@ def _by_name(d: dict, value_to_name: dict[int, str]) -> dict[str, float | None]:
 
 def read_validation(path: Path, value_to_name: dict[int, str]) -> dict:
     """``{"dice": {class: mean}, "cases": {case: {class: dice}}, "n": cases}`` from a fold's summary.json."""
-    obj = _load_json(path) or {}
+    obj = ModelFolder.read_json(path) or {}
     cases: dict[str, dict] = {}
     raw_cases = obj.get("cases") or obj.get("metric_per_case") or obj.get("per_case") or []
     if isinstance(raw_cases, dict):
@@ -125,7 +117,7 @@ def read_training_log(path: Path) -> dict:
 
 def read_postprocessing(model_dir: Path, value_to_name: dict[int, str]) -> dict[str, str]:
     """Per-class decision from ``postprocessing.json``, as ``on``/``off`` (tolerant of its exact format)."""
-    obj = _load_json(ModelFolder(model_dir).postprocessing_json)
+    obj = ModelFolder.read_json(ModelFolder(model_dir).postprocessing_json)
     if obj is None:
         return {}
     out = {}
@@ -194,7 +186,7 @@ def dice_from_predictions(vdir: Path, refs: dict[str, Path], value_to_name: dict
 
 
 def _labels(model_dir: Path) -> dict[str, int]:
-    plans = _load_json(ModelFolder(model_dir).plans_json) or {}
+    plans = ModelFolder.read_json(ModelFolder(model_dir).plans_json) or {}
     labels = plans.get("labels")
     if isinstance(labels, dict):
         try:
@@ -213,7 +205,7 @@ def summarize_model(model_dir: str | Path) -> dict:
         raise Seg3dError("no fold_K/ folders: is this a seg3d model folder?", model_dir)
     labels = _labels(model_dir)
     value_to_name = {v: n for n, v in labels.items() if v != 0}
-    info = _load_json(folder.model_json) or {}
+    info = ModelFolder.read_json(folder.model_json) or {}
     name = " ".join(str(info[k]) for k in ("config", "arch") if info.get(k)) or model_dir.name
     notes, folds, pooled, refs, partial = [], [], {}, None, False
     for fold, d in fold_dirs:
