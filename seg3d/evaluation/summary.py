@@ -14,7 +14,6 @@ Dice values (the mean of Dice values is not the Dice of averaged probabilities).
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
