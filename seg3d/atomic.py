@@ -4,13 +4,46 @@ A killed process therefore leaves either the old file or the new one, never half
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from seg3d.errors import Seg3dError
+
+# what an OSError's errno means for someone writing a file, in words
+_CAUSES = {errno.ENOSPC: "no space left on the device", errno.EROFS: "the file system is read-only",
+           errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+           errno.EDQUOT: "disk quota exceeded", errno.ENAMETOOLONG: "the file name is too long",
+           errno.EIO: "input/output error (a failing disk or a lost network share)",
+           errno.ENOENT: "the folder does not exist", errno.ENOTDIR: "a part of the path is not a folder",
+           errno.EISDIR: "a folder has that name", errno.EFBIG: "the file is too large for the file system",
+           errno.EMFILE: "too many open files"}
+
+
+def describe_os_error(e: OSError) -> str:
+    """The cause of a failed file operation in words, e.g. 'no space left on the device (errno 28)'."""
+    if e.errno in _CAUSES:
+        return f"{_CAUSES[e.errno]} (errno {e.errno})"
+    return e.strerror or str(e) or type(e).__name__
+
+
+def storage_error(target: str | Path, e: OSError, what: str = "cannot write") -> Seg3dError:
+    """A :class:`Seg3dError` naming ``target`` (the user's file, never a temporary one) and the cause."""
+    return Seg3dError(f"{what}: {describe_os_error(e)}", target)
+
+
+def free_bytes(folder: str | Path) -> int | None:
+    """Free bytes on the file system holding ``folder`` (None if it cannot be asked)."""
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
 
 
 @contextmanager
@@ -38,6 +71,30 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_files(target: str | Path) -> Iterator[Path]:
+    """Like :func:`atomic_path` for formats written as several files (``case.mhd`` + ``case.zraw``).
+
+    Yields ``<hidden folder next to target>/<target name>``; on success every file written there is moved next
+    to ``target``, ``target`` itself last, so the header appears only when its data file is in place and names
+    it by its final name. On failure the hidden folder is removed.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name.split('.')[0]}.", suffix=".part",
+                                    dir=target.parent))
+    try:
+        yield tmp_dir / target.name
+        mask = os.umask(0)
+        os.umask(mask)
+        files = sorted(tmp_dir.iterdir(), key=lambda p: p.name == target.name)  # the header last
+        for f in files:
+            os.chmod(f, 0o666 & ~mask)
+            os.replace(f, target.parent / f.name)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def write_bytes_atomic(target: str | Path, data: bytes) -> None:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from seg3d.atomic import atomic_path
+from seg3d.atomic import atomic_files, atomic_path, storage_error
 from seg3d.errors import Seg3dError
-from seg3d.io.niigz import read_sitk
+from seg3d.io.niigz import is_nifti2, nifti_decode_problem, quiet_itk, read_sitk
 
 SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -125,12 +125,18 @@ def read_header(path: str | Path) -> Header:
     if not path.is_file():
         raise Seg3dError("file not found", path)
     sitk = _sitk()
+    quiet_itk()
+    if path.name.lower().endswith((".nii", ".nii.gz")) and is_nifti2(path):  # SimpleITK cannot parse NIfTI-2
+        img = read_image(path)
+        return Header(img.geometry, str(img.array.dtype), 1)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError as e:
         raise Seg3dError(f"cannot read image header ({_first_line(e)})", path) from None
+    except OSError as e:
+        raise Seg3dError(f"cannot read image header ({e.strerror or e})", path) from None
     geo = Geometry(tuple(int(v) for v in reader.GetSize()), tuple(float(v) for v in reader.GetSpacing()),
                    tuple(float(v) for v in reader.GetOrigin()), tuple(float(v) for v in reader.GetDirection()))
     return Header(geo, sitk.GetPixelIDValueAsString(reader.GetPixelID()),
@@ -163,16 +169,54 @@ def read_image(path: str | Path) -> Image:
     return Image(array, Geometry.from_sitk(img))
 
 
+def incomplete_reason(path: str | Path, expected_size: tuple[int, ...]) -> str | None:
+    """Why an existing image file is not a complete image of ``expected_size`` (x, y, z); None when it is.
+
+    Complete means: its header opens, its size is ``expected_size`` and all of its voxels decode (a truncated
+    ``.nii.gz`` is not complete). NIfTI files are checked as a stream without building an image (a 512x512x300
+    uint8 mask: ~0.1 s), other formats by reading them.
+    """
+    path = Path(path)
+    try:
+        size = read_header(path).geometry.size
+    except Seg3dError as e:
+        return str(e).split(": ", 1)[-1] if e.path is not None else str(e)
+    if tuple(size) != tuple(expected_size):
+        return f"its size {tuple(size)} is not the input's {tuple(expected_size)}"
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        return nifti_decode_problem(path)
+    try:
+        read_image(path)
+    except Seg3dError as e:
+        return str(e).split(": ", 1)[-1]
+    return None
+
+
+DETACHED_ENDINGS = (".mhd", ".nhdr")  # a header file naming a separate data file
+
+
 def write_image(array: np.ndarray, geometry: Geometry, path: str | Path, compress: bool = True) -> None:
-    """Write ``array`` (numpy order) with exactly ``geometry``, atomically."""
+    """Write ``array`` (numpy order) with exactly ``geometry``, atomically.
+
+    Detached formats (``.mhd``, ``.nhdr``) are written as a pair in a hidden folder next to ``path`` and moved
+    into place data file first, header last, so the header names the final data file and appears only when
+    complete. Raises :class:`Seg3dError` naming ``path`` (never a temporary name) when the write fails.
+    """
     path = Path(path)
     if tuple(array.shape) != geometry.shape:
         raise ValueError(f"array shape {array.shape} does not match geometry shape {geometry.shape}")
     sitk = _sitk()
     img = sitk.GetImageFromArray(np.ascontiguousarray(array))
     geometry.apply_to(img)
-    with atomic_path(path) as tmp:
-        sitk.WriteImage(img, str(tmp), useCompression=compress)
+    detached = path.name.lower().endswith(DETACHED_ENDINGS)
+    try:
+        with (atomic_files(path) if detached else atomic_path(path)) as tmp:
+            try:
+                sitk.WriteImage(img, str(tmp), useCompression=compress)
+            except RuntimeError as e:
+                raise storage_error(path, OSError(_first_line(e).replace(str(tmp), str(path)))) from None
+    except OSError as e:
+        raise storage_error(path, e) from None
 
 
 @dataclass(frozen=True)
