@@ -117,3 +117,36 @@ def write_with_atomic(target: str | Path, writer: Callable[[Path], None]) -> Non
     """Call ``writer(tmp_path)`` and rename the result onto ``target``."""
     with atomic_path(target) as tmp:
         writer(tmp)
+
+
+def check_output_folder(folder: str | Path, need_bytes: int = 0) -> str | None:
+    """Cheap checks of where outputs will go, before any work: raises :class:`Seg3dError` when ``folder``
+    cannot be created or written (naming it and the cause); returns a warning when its file system has less
+    than ``need_bytes`` (and less than 1 MiB) free, else None. Creates nothing that stays.
+    """
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise Seg3dError(f"cannot create the output folder: {probe} is a file, not a folder", folder)
+    what = "the output folder is not writable" if probe == folder else f"cannot create the output folder in {probe}"
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".seg3d-write-test-", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise storage_error(folder, e, what) from None
+    free = free_bytes(probe)
+    if free is not None and free < max(need_bytes, 1 << 20):
+        return (f"{folder}: only {_size(free)} free on its file system (the masks need roughly "
+                f"{_size(max(need_bytes, 0))}); cases that do not fit will fail")
+    return None
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} bytes"

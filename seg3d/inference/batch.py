@@ -18,11 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from seg3d.atomic import write_json_atomic, write_with_atomic
+from seg3d.atomic import describe_os_error, storage_error, write_with_atomic
 from seg3d.errors import Seg3dError
+from seg3d.inference.accounting import account_inputs, issue_failure, preflight, write_manifest_or_note
 from seg3d.inference.export import write_like
-from seg3d.io.image import SUPPORTED_ENDINGS, read_header
-from seg3d.io.layout import Case, group_channel_files, read_case_images
+from seg3d.io.image import SUPPORTED_ENDINGS, incomplete_reason, read_header
+from seg3d.io.input_folder import list_case_folder
+from seg3d.io.layout import Case, read_case_images
+from seg3d.io.nifti import file_orientation_warnings
 from seg3d.progress import ProgressFn, report
 
 
@@ -32,30 +35,12 @@ def _ending(name: str) -> str | None:
 
 
 def list_input_cases(in_dir: Path, num_channels: int) -> tuple[dict[str, list[Path]], list[tuple[str | None, Path, str]]]:
-    """Cases ``{case_id: channel files in order}`` and problems ``[(case_id, path, message)]`` found while listing."""
-    if not in_dir.is_dir():
-        raise Seg3dError("input folder not found", in_dir)
-    groups = group_channel_files(in_dir, num_channels)
-    used = {p for paths in groups.values() for p in paths}
-    problems: list[tuple[str | None, Path, str]] = []
-    for p in sorted(in_dir.iterdir()):
-        if p.is_file() and not p.name.startswith(".") and _ending(p.name) and p not in used:
-            problems.append((None, p, f"file name does not follow <case>_XXXX{_ending(p.name)} (the model has "
-                                f"{num_channels} channels)"))
-    cases: dict[str, list[Path]] = {}
-    for cid, paths in sorted(groups.items()):
-        by_channel = {}
-        for p in paths:
-            stem = p.name[: -len(_ending(p.name) or "")]
-            suffixed = stem != cid  # <case>_XXXX, or a plain <case> file for one-channel models
-            by_channel[int(stem[-4:]) if suffixed else 0] = p
-        want = list(range(num_channels))
-        if sorted(by_channel) != want:
-            problems.append((cid, paths[0], f"case '{cid}' has channel file(s) {sorted(by_channel)}, the model "
-                                       f"expects exactly {want} (<case>_0000 ... _{num_channels - 1:04d})"))
-            continue
-        cases[cid] = [by_channel[c] for c in want]
-    return cases, problems
+    """Cases ``{case_id: channel files in order}`` and failures ``[(case_id, path, message)]`` found while listing
+    (:func:`seg3d.io.input_folder.list_case_folder` also says what was skipped and why)."""
+    listing = list_case_folder(in_dir, num_channels)
+    failed = [(i.case_id, i.paths[0], i.reason if len(i.paths) == 1 else i.message) for i in listing.issues
+              if i.status == "failed"]
+    return {c: list(p) for c, p in listing.cases.items()}, failed
 
 
 def split_parts(case_ids: list[str], num_parts: int, part_id: int) -> list[str]:
@@ -67,12 +52,31 @@ def split_parts(case_ids: list[str], num_parts: int, part_id: int) -> list[str]:
 
 
 def output_complete(out_path: Path, expected_size: tuple[int, ...]) -> bool:
-    """An existing output that opens and has the input's size (partial files never carry the final name)."""
-    if not out_path.is_file():
-        return False
+    """An existing output that fully decodes with the input's size (see :func:`seg3d.io.image.incomplete_reason`)."""
+    return out_path.is_file() and incomplete_reason(out_path, expected_size) is None
+
+
+def _existing_output_problem(out: Path, input_path: Path, probabilities: Path | None) -> str | None:
+    """None when ``out`` (and ``probabilities``) are complete outputs for ``input_path``, else why not."""
+    if not out.is_file():
+        return "missing"
     try:
-        return read_header(out_path).geometry.size == tuple(expected_size)
+        size = read_header(input_path).geometry.size
     except Seg3dError:
+        return "the input cannot be read"
+    why = incomplete_reason(out, size)
+    if why is None and probabilities is not None and not _npz_complete(probabilities):
+        why = f"{probabilities.name} is missing or incomplete"
+    return why
+
+
+def _npz_complete(path: Path) -> bool:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.testzip() is None and {"probabilities.npy", "label_values.npy"} <= set(z.namelist())
+    except (OSError, zipfile.BadZipFile):
         return False
 
 
@@ -111,6 +115,9 @@ def predict_folder(in_dir: str | Path, out_dir: str | Path, model_dir: str | Pat
     t_start = time.perf_counter()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     in_dir, out_dir = Path(in_dir), Path(out_dir)
+    for w in preflight(in_dir, out_dir):  # before any model is loaded
+        if log:
+            log(f"warning: {w}")
     if predictor is None:
         from seg3d.inference.sliding_window import precision_warning
 
@@ -119,11 +126,18 @@ def predict_folder(in_dir: str | Path, out_dir: str | Path, model_dir: str | Pat
         warning = precision_warning(predictor.precision, predictor.device)
         if warning and log:
             log(f"warning: {warning}")
-    cases, problems = list_input_cases(in_dir, predictor.plan.num_channels)
+    listing = list_case_folder(in_dir, predictor.plan.num_channels, exclude=(out_dir,))
+    if listing.num_files == 0:
+        raise Seg3dError("the input folder is empty", in_dir)
+    cases = listing.cases
     ids = split_parts(list(cases), num_parts, part_id)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise storage_error(out_dir, e, "cannot create the output folder") from None
     records: dict[str, dict[str, Any]] = {}
-    failures = [{"case": c, "path": str(p), "error": f"{p}: {m}"} for c, p, m in problems] if part_id == 0 else []
+    issues = list(listing.issues) if part_id == 0 else []  # each part would list them again
+    failures = [issue_failure(i) for i in issues if i.status == "failed"]
 
     todo: list[tuple[str, list[Path], Path]] = []
     for cid in ids:
@@ -132,14 +146,12 @@ def predict_folder(in_dir: str | Path, out_dir: str | Path, model_dir: str | Pat
         if out.resolve() in {p.resolve() for p in paths}:
             raise Seg3dError("the output would overwrite its input: choose another output folder", out)
         if continue_:
-            try:
-                size = read_header(paths[0]).geometry.size
-            except Seg3dError:
-                size = None
-            prob_ok = not save_probabilities or _probabilities_path(out).is_file()
-            if size is not None and prob_ok and output_complete(out, size):
+            why = _existing_output_problem(out, paths[0], _probabilities_path(out) if save_probabilities else None)
+            if why is None:
                 records[cid] = {"case": cid, "status": "skipped", "output": str(out)}
                 continue
+            if why != "missing" and log:
+                log(f"redoing {out}: the existing output is incomplete ({why})")
         todo.append((cid, paths, out))
 
     total = len(todo)
@@ -151,25 +163,32 @@ def predict_folder(in_dir: str | Path, out_dir: str | Path, model_dir: str | Pat
         data, geo = read_case_images(Case(cid, tuple(paths)), predictor.plan.num_channels)
         t1 = time.perf_counter()
         pdata, props = predictor.preprocess(data, geo, where=paths[0])
-        return pdata, props, {"read": t1 - t0, "preprocess": time.perf_counter() - t1}
+        warnings = [f"{p}: {w}" for p in paths for w in file_orientation_warnings(p, geo)]
+        return pdata, props, {"read": t1 - t0, "preprocess": time.perf_counter() - t1}, warnings
 
     def write(item, probs, props, timings):
         cid, _, out = item
         t0 = time.perf_counter()
         labels, p = predictor.export(probs, props, probabilities=save_probabilities)
         t1 = time.perf_counter()
-        write_like(labels, props.geometry, out, reference=item[1][0])
+        notes = write_like(labels, props.geometry, out, reference=item[1][0])
         if p is not None:
             write_probabilities(_probabilities_path(out), p, predictor.label_values)
         timings.update(export=t1 - t0, write=time.perf_counter() - t1)
-        return timings
+        return timings, notes
 
     def fail(item, err: BaseException):
-        cid, paths, _ = item
-        msg = str(err) if isinstance(err, Seg3dError) else f"internal error ({type(err).__name__}: {err})"
+        cid, paths, out = item
+        if isinstance(err, Seg3dError):
+            msg = str(err)
+        elif isinstance(err, OSError):  # storage trouble the writer did not name (it names the output file)
+            msg = f"{out}: {describe_os_error(err)}"
+        else:
+            msg = f"internal error ({type(err).__name__}: {err})"
         path = str(err.path) if isinstance(err, Seg3dError) and err.path else str(paths[0])
-        failures.append({"case": cid, "path": path, "error": msg})
-        records[cid] = {"case": cid, "status": "failed", "error": msg}
+        kind = "output" if path == str(out) or isinstance(err, OSError) else "input"
+        failures.append({"case": cid, "path": path, "error": msg, "kind": kind})
+        records[cid] = {"case": cid, "status": "failed", "error": msg, "kind": kind}
         if log:
             log(f"failed: {msg}")
 
@@ -177,9 +196,13 @@ def predict_folder(in_dir: str | Path, out_dir: str | Path, model_dir: str | Pat
         nonlocal done
         cid, _, out = item
         try:
-            timings = fut.result()
+            timings, notes = fut.result()
             records[cid] = {"case": cid, "status": "ok", "output": str(out),
                             "seconds": {k: round(v, 4) for k, v in timings.items()}}
+            if notes:
+                records[cid]["header_notes"] = notes
+                for n in notes if log else ():
+                    log(f"note: {out}: {n}")
         except Exception as e:  # noqa: BLE001 - one bad case must not stop the batch
             fail(item, e)
         done += 1
@@ -196,7 +219,10 @@ def predict_folder(in_dir: str | Path, out_dir: str | Path, model_dir: str | Pat
             for i, item in enumerate(todo):
                 fut, nxt = nxt, (reader.submit(load, todo[i + 1]) if i + 1 < len(todo) else None)
                 try:
-                    pdata, props, timings = fut.result()
+                    pdata, props, timings, warnings = fut.result()
+                    for w in warnings:
+                        if log:
+                            log(f"warning: {w}")
                     t0 = time.perf_counter()
                     probs = predictor.predict_preprocessed(pdata)
                     timings["network"] = time.perf_counter() - t0
@@ -220,15 +246,21 @@ def predict_folder(in_dir: str | Path, out_dir: str | Path, model_dir: str | Pat
                     "continue": continue_, "save_probabilities": save_probabilities,
                     **predictor.settings(), "cases": [records[c] for c in ids if c in records],
                     "failures": failures}
+        inputs, counts = account_inputs(issues, {c: cases[c] for c in ids}, records)
+        manifest.update(input_counts=counts, inputs=inputs)
         name = "predict_manifest.json" if num_parts == 1 else f"predict_manifest_part{part_id}of{num_parts}.json"
         manifest_path = out_dir / name
-        write_json_atomic(manifest_path, manifest)
+        manifest_note = write_manifest_or_note(manifest_path, manifest)
+        if manifest_note and log:
+            log(manifest_note)
     ok = sum(1 for r in records.values() if r["status"] == "ok")
     net = [r["seconds"]["network"] for r in records.values() if r["status"] == "ok"]
-    return {"total": len(ids), "predicted": ok,
+    return {"total": len(ids) + sum(1 for i in issues if i.status == "failed"), "predicted": ok,
             "skipped": sum(1 for r in records.values() if r["status"] == "skipped"), "failed": failures,
             "seconds": seconds, "seconds_per_case": (time.perf_counter() - t_loop) / ok if ok else None,
-            "network_seconds_per_case": float(np.mean(net)) if net else None, "manifest": str(manifest_path)}
+            "network_seconds_per_case": float(np.mean(net)) if net else None,
+            "manifest": None if manifest_note else str(manifest_path), "manifest_note": manifest_note,
+            "input_dir": str(in_dir), "input_counts": counts, "inputs": inputs}
 
 
 def _probabilities_path(out: Path) -> Path:
@@ -244,7 +276,10 @@ def write_probabilities(path: Path, probs: np.ndarray, label_values) -> None:
             np.savez_compressed(f, probabilities=np.asarray(probs).astype(np.float16, copy=False),
                                 label_values=np.asarray(label_values))
 
-    write_with_atomic(path, writer)
+    try:
+        write_with_atomic(path, writer)
+    except OSError as e:
+        raise storage_error(path, e) from None
 
 
 def read_manifest(out_dir: str | Path) -> dict:

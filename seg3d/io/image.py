@@ -21,6 +21,7 @@ import numpy as np
 
 from seg3d.atomic import atomic_files, atomic_path, storage_error
 from seg3d.errors import Seg3dError
+from seg3d.io.nifti import unreadable_reason
 from seg3d.io.niigz import is_nifti2, nifti_decode_problem, quiet_itk, read_sitk
 
 SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -134,7 +135,7 @@ def read_header(path: str | Path) -> Header:
     try:
         reader.ReadImageInformation()
     except RuntimeError as e:
-        raise Seg3dError(f"cannot read image header ({_first_line(e)})", path) from None
+        raise Seg3dError(unreadable_reason(path) or f"cannot read image header ({_first_line(e)})", path) from None
     except OSError as e:
         raise Seg3dError(f"cannot read image header ({e.strerror or e})", path) from None
     geo = Geometry(tuple(int(v) for v in reader.GetSize()), tuple(float(v) for v in reader.GetSpacing()),
@@ -160,7 +161,7 @@ def read_image(path: str | Path) -> Image:
         img = read_sitk(path)
         array = sitk.GetArrayFromImage(img)
     except RuntimeError as e:
-        raise Seg3dError(f"cannot read image ({_first_line(e)})", path) from None
+        raise Seg3dError(unreadable_reason(path) or f"cannot read image ({_first_line(e)})", path) from None
     except (EOFError, OSError, ValueError) as e:  # defensive: truncated data surfacing from numpy
         raise Seg3dError(f"cannot read image ({e})", path) from None
     if img.GetNumberOfComponentsPerPixel() > 1:

@@ -211,3 +211,20 @@ def file_orientation_warnings(path: str | Path, geometry=None) -> list[str]:
     except Seg3dError:
         return []  # the reader reports unreadable files
     return orientation_warnings(hdr, geometry)
+
+
+def unreadable_reason(path: str | Path) -> str | None:
+    """Why ITK cannot read a NIfTI file whose header nibabel can, in the user's terms (None: no known reason)."""
+    if not is_nifti(path):
+        return None
+    try:
+        hdr = load_header(path)
+    except Seg3dError:
+        return None
+    qc, sc = int(hdr["qform_code"]), int(hdr["sform_code"])
+    s = hdr.get_sform()
+    if sc > 0 and qc == 0 and not _is_rotation_times_spacing(s[:3, :3]):
+        return (f"the sform ({_code(hdr, 'sform_code')}) is not a rotation ({_shear_degrees(s[:3, :3])}) and there "
+                "is no qform (qform_code 0): seg3d (ITK) cannot place this image; resample it onto a grid without "
+                "shear, or give it a qform")
+    return None
