@@ -21,20 +21,28 @@ def _ending(name: str) -> str | None:
 
 
 def list_label_files(folder: str | Path, what: str) -> dict[str, Path]:
-    """``case_id -> file`` for the image files of a folder (hidden files skipped)."""
+    """``case_id -> file`` for the image files of a folder (hidden files, folders and non-images skipped).
+
+    Raises :class:`Seg3dError` naming every ambiguous case id and both of its files (``a.nii.gz`` and ``a.nii``),
+    worded as ``seg3d predict`` and ``seg3d check`` word it.
+    """
+    from seg3d.io.input_folder import ambiguous_message
+
     folder = Path(folder)
     if not folder.is_dir():
         raise Seg3dError(f"{what} folder not found", folder)
-    out: dict[str, Path] = {}
+    found: dict[str, list[Path]] = {}
     for p in sorted(folder.iterdir()):
         e = _ending(p.name)
         if p.name.startswith(".") or e is None or not p.is_file():
             continue
-        cid = p.name[: -len(e)]
-        if cid in out:
-            raise Seg3dError(f"case '{cid}' appears twice ({out[cid].name} and {p.name})", folder)
-        out[cid] = p
-    return out
+        found.setdefault(p.name[: -len(e)], []).append(p)
+    clashes = [f"{', '.join(str(p) for p in ps)}: {ambiguous_message(cid, ps)}" for cid, ps in found.items()
+               if len(ps) > 1]
+    if clashes:
+        raise Seg3dError(f"{len(clashes)} ambiguous case id(s) in the {what} folder {folder}:\n  " +
+                         "\n  ".join(clashes))
+    return {cid: ps[0] for cid, ps in found.items()}
 
 
 def match_cases(pred_dir, gt_dir) -> tuple[list[tuple[str, Path, Path]], list[str], list[str]]:
