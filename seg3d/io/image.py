@@ -178,18 +178,16 @@ def incomplete_reason(path: str | Path, expected_size: tuple[int, ...]) -> str |
     uint8 mask: ~0.1 s), other formats by reading them.
     """
     path = Path(path)
+    nifti = path.name.lower().endswith((".nii", ".nii.gz"))
+    why = nifti_decode_problem(path) if nifti else None
+    if why is not None:
+        return why
     try:
-        size = read_header(path).geometry.size
+        size = read_header(path).geometry.size if nifti else read_image(path).geometry.size
     except Seg3dError as e:
         return str(e).split(": ", 1)[-1] if e.path is not None else str(e)
     if tuple(size) != tuple(expected_size):
         return f"its size {tuple(size)} is not the input's {tuple(expected_size)}"
-    if path.name.lower().endswith((".nii", ".nii.gz")):
-        return nifti_decode_problem(path)
-    try:
-        read_image(path)
-    except Seg3dError as e:
-        return str(e).split(": ", 1)[-1]
     return None
 
 

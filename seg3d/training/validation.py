@@ -47,8 +47,8 @@ def validate_fold(model_dir: Path, fold: int | str, val_ids: list[str], dataset_
     """Predict the fold's held-out cases from ``checkpoint_final.pt`` and score them (Dice per case and class)."""
     from seg3d.evaluation.metrics import case_metrics
     from seg3d.inference.batch import write_probabilities
+    from seg3d.inference.export import write_like
     from seg3d.inference.predictor import Predictor
-    from seg3d.io.image import write_image
     from seg3d.io.layout import load_dataset, read_case_images, read_case_label
     from seg3d.model_dir import fold_dir
 
@@ -68,7 +68,8 @@ def validate_fold(model_dir: Path, fold: int | str, val_ids: list[str], dataset_
         keep = plan.num_classes * int(np.prod(data.shape[1:])) <= MAX_SAVED_PROBABILITIES
         pred = predictor.predict_case(data, geometry, return_probabilities=keep)
         labels = pred.labels if keep else pred
-        write_image(labels, geometry, out_dir / f"{cid}{ds.file_ending}")
+        for note in write_like(labels, geometry, out_dir / f"{cid}{ds.file_ending}", reference=case.images[0]):
+            log(f"note: {out_dir / (cid + ds.file_ending)}: {note}")
         if keep:  # what `seg3d summary` averages across models to score their ensemble
             write_probabilities(out_dir / f"{cid}.npz", pred.probabilities, plan.label_values)
         ref, _ = read_case_label(case)

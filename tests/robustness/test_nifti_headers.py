@@ -84,3 +84,31 @@ def test_the_geometry_seg3d_reads_is_the_transform_the_warning_names(tmp_path):
     g = read_image(src).geometry
     q = nib.load(str(src)).header.get_qform()
     np.testing.assert_allclose(g.origin, q[:3, 3] * [-1, -1, 1], atol=1e-4)
+
+
+def test_fold_validation_masks_keep_the_input_header(tmp_path, tiny_plan):
+    """The trainer's end-of-fold predictions go through the same writer (issue 11: not only predict)."""
+    import json
+
+    import nibabel as nib
+    from inference_helpers import make_model_dir
+
+    from seg3d.training.validation import validate_fold
+
+    root = tmp_path / "ds"
+    (root / "labelsTr").mkdir(parents=True)
+    src = variant("4d_singleton", root / "imagesTr")
+    src = src.rename(root / "imagesTr" / "c0_0000.nii.gz")
+    ref = nib.load(str(src))
+    lab = nib.Nifti1Image((np.asanyarray(ref.dataobj) > 100).astype(np.uint8)[..., 0], None, header=ref.header.copy())
+    lab.header.set_data_shape(lab.shape)
+    nib.save(lab, str(root / "labelsTr" / "c0.nii.gz"))
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MRI"}, "file_ending": ".nii.gz",
+                                                   "labels": tiny_plan.labels, "numTraining": 1}))
+    model = make_model_dir(tmp_path / "model", tiny_plan, folds=(0,))
+    validate_fold(model, 0, ["c0"], root, device="cpu", tta=False, log=lambda s: None)
+    out = nib.load(str(model / "fold_0" / "validation" / "c0.nii.gz"))
+    a, b = ref.header, out.header
+    for k in FIELDS + ("pixdim", "dim"):
+        np.testing.assert_array_equal(b[k], a[k], err_msg=k)
+    assert read_image(model / "fold_0" / "validation" / "c0.nii.gz").geometry == read_image(src).geometry
