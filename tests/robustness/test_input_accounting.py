@@ -153,7 +153,7 @@ def test_check_reports_ambiguous_test_images(tmp_path):
 
     root = make_phantom_dataset(tmp_path / "ds", num_cases=2, num_test=1, seed=0, shape=(8, 16, 16))
     ts = root / "imagesTs"
-    first = sorted(ts.iterdir())[0]
+    first = min(ts.iterdir())
     cid = first.name.split("_0000")[0]
     (ts / f"{cid}.nii.gz").write_bytes(first.read_bytes())
     problems = [p for p in check_dataset(root, workers=0) if not p.warning]
@@ -162,12 +162,9 @@ def test_check_reports_ambiguous_test_images(tmp_path):
 
 
 def test_cli_predict_on_the_issue_folder_exits_1_and_names_both_files(tmp_path):
-    from typer.testing import CliRunner
-
+    from inference_helpers import make_model_dir
     from seg3d.cli.main import app
-
-    from inference_helpers import make_model_dir  # noqa: I001
-    from seg3d.planning.plan import Plan  # noqa: F401  (tiny plan built below)
+    from typer.testing import CliRunner
 
     d = _issue_folder(tmp_path / "in")
     _img(d / "fine.nii.gz", 9)

@@ -85,7 +85,7 @@ def test_a_full_or_locked_disk_fails_the_case_naming_the_output_and_the_rest_go_
 
     monkeypatch.setattr(nibabel, "save", save)
     out = tmp_path / "out"
-    s, logs = _run(d, out)
+    s, _ = _run(d, out)
     assert s["predicted"] == 2 and len(s["failed"]) == 1
     err = s["failed"][0]["error"]
     assert err.startswith(str(out / "case1.nii.gz")) and words in err and ".part" not in err
@@ -121,13 +121,12 @@ def test_manifest_that_cannot_be_written_is_a_note_and_the_summary_still_comes(t
 
 def test_cli_storage_failure_prints_the_summary_and_exits_1(tmp_path, monkeypatch):
     import nibabel
+    from inference_helpers import make_model_dir
+    from seg3d.cli.main import app
+    from test_input_accounting import _tiny_plan
     from typer.testing import CliRunner
 
     import seg3d.inference.accounting as acc
-    from seg3d.cli.main import app
-    from test_input_accounting import _tiny_plan
-
-    from inference_helpers import make_model_dir
 
     def full(*a, **kw):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -161,7 +160,7 @@ def test_output_location_is_checked_before_the_model_loads(tmp_path, monkeypatch
 def test_a_read_only_output_folder_is_refused_before_work(tmp_path, monkeypatch):
     import tempfile
 
-    import seg3d.atomic as atomic
+    from seg3d import atomic
 
     def ro(*a, **kw):
         raise OSError(errno.EROFS, "Read-only file system")
@@ -233,7 +232,7 @@ def test_sheared_sform_warns_naming_the_users_file_and_no_temporary_file_anywher
     from seg3d.synthetic import make_phantom_dataset
 
     root = make_phantom_dataset(tmp_path / "ds", num_cases=2, num_test=0, seed=0, shape=(8, 16, 16))
-    victim = sorted((root / "imagesTr").iterdir())[0]
+    victim = min((root / "imagesTr").iterdir())
     _sheared(victim.parent, victim.name, shape=nib.load(str(victim)).shape)
     capfd.readouterr()
     found = check_dataset(root, workers=0)
