@@ -35,7 +35,7 @@ def _folder(tmp_path: Path, n: int) -> Path:
 
 # ---- completeness ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("ending", [".nii.gz", ".nii", ".mha", ".nrrd"])
+@pytest.mark.parametrize("ending", [".nii.gz", ".nii", ".mha", ".nrrd", ".mhd", ".nhdr"])
 def test_continue_redoes_a_truncated_output(tmp_path, ending):
     d = tmp_path / "in"
     for i in range(2):
@@ -44,8 +44,10 @@ def test_continue_redoes_a_truncated_output(tmp_path, ending):
     out = tmp_path / "out"
     _run(d, out)
     cut = out / f"c0{ending}"
-    data = cut.read_bytes()
-    cut.write_bytes(data[: len(data) // 2])
+    data_file = cut if ending not in (".mhd", ".nhdr") else next(p for p in out.iterdir() if p.name.startswith("c0.")
+                                                                  and p != cut)
+    data = data_file.read_bytes()
+    data_file.write_bytes(data[: len(data) // 2])
     assert incomplete_reason(cut, GEO.size) is not None
     s, logs = _run(d, out, continue_=True)
     assert (s["predicted"], s["skipped"]) == (1, 1)
@@ -92,6 +94,26 @@ def test_a_full_or_locked_disk_fails_the_case_naming_the_output_and_the_rest_go_
     assert sorted(p.name for p in out.iterdir()) == ["case0.nii.gz", "case2.nii.gz", "predict_manifest.json"]
     m = json.loads((out / "predict_manifest.json").read_text())
     assert m["input_counts"]["failed"] == 1 and m["input_counts"]["predicted"] == 2
+
+
+@pytest.mark.parametrize("ending", [".nrrd", ".nhdr", ".mha", ".nii"])
+def test_a_writer_that_silently_leaves_a_short_file_is_caught(tmp_path, monkeypatch, ending):
+    """SimpleITK's NRRD (and NIfTI) writers return normally on a full disk, leaving a short file."""
+    import SimpleITK as sitk
+
+    real = sitk.WriteImage
+
+    def short(img, path, *a, **kw):
+        real(img, path, *a, **kw)
+        for f in Path(path).parent.iterdir():
+            f.write_bytes(f.read_bytes()[: max(1, f.stat().st_size * 2 // 3)])
+
+    monkeypatch.setattr(sitk, "WriteImage", short)
+    mask = np.random.default_rng(0).integers(0, 4, GEO.shape).astype(np.uint8)
+    with pytest.raises(Seg3dError) as e:
+        write_image(mask, GEO, tmp_path / "out" / f"m{ending}", compress=ending != ".nii")
+    assert str(e.value).startswith(str(tmp_path / "out" / f"m{ending}")) and "incomplete" in str(e.value)
+    assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_simpleitk_write_errors_name_the_output_not_the_temporary_file(tmp_path, monkeypatch):
