@@ -1,9 +1,8 @@
-"""Every input of a batch accounted for, and the run's record kept even when storage fails.
+"""Every input of a batch accounted for, and the output location checked before any work.
 
-Helpers of the batch runner (:mod:`seg3d.inference.batch`): the cheap checks before any model is loaded
-(:func:`preflight`), the per-file record that makes a summary add up to the files of the input folder
-(:func:`account_inputs`) and a manifest write that never turns a full disk into a traceback
-(:func:`write_manifest_or_note`).
+Helpers of the batch stages (:mod:`seg3d.inference.stages`) and runners: the cheap checks before any model is
+loaded (:func:`preflight`) and the per-file record that makes a summary add up to the files of the input folder
+(:func:`account_inputs`).
 """
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from seg3d.atomic import check_output_folder, describe_os_error, write_json_atomic
+from seg3d.atomic import check_output_folder
 from seg3d.errors import Seg3dError
 from seg3d.io.input_folder import InputIssue
 
@@ -32,17 +31,12 @@ def preflight(in_dir: Path, out_dir: Path) -> list[str]:
     return [warning] if warning else []
 
 
-def issue_failure(issue: InputIssue) -> dict[str, Any]:
-    """A listing failure in the shape of a batch failure record ``{case, path, error}``."""
-    return {"case": issue.case_id, "path": str(issue.paths[0]), "error": issue.message, "kind": issue.kind}
-
-
 def account_inputs(issues: list[InputIssue], cases: dict[str, tuple[Path, ...]],
-                   records: dict[str, dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """One entry per input file ``{file, status, case, reason}`` and the counts, which add up to the files.
+                   records: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One entry per input file ``{file, status, case, kind, reason}`` and the counts, which add up to the files.
 
     ``issues``: what the listing did not predict; ``cases``: id -> files of the cases this run handled;
-    ``records``: their outcome (``status`` ok | skipped | failed).
+    ``records``: their outcome (:class:`~seg3d.inference.stages.CaseRecord`: ``status`` ok | skipped | failed).
     """
     inputs: list[dict[str, Any]] = []
     for issue in issues:
@@ -50,10 +44,12 @@ def account_inputs(issues: list[InputIssue], cases: dict[str, tuple[Path, ...]],
             inputs.append({"file": str(p), "status": issue.status, "case": issue.case_id, "kind": issue.kind,
                            "reason": issue.reason})
     for cid, paths in cases.items():
-        rec = records.get(cid, {"status": "failed", "error": "not attempted (the run was interrupted)"})
-        status = {"ok": "predicted"}.get(rec["status"], rec["status"])
-        reason = {"skipped": "already complete", "failed": rec.get("error")}.get(rec["status"])
-        kind = {"skipped": "already complete", "failed": rec.get("kind", "case")}.get(rec["status"])
+        rec = records.get(cid)
+        st = rec.status if rec is not None else "failed"
+        status = {"ok": "predicted"}.get(st, st)
+        reason = {"skipped": "already complete",
+                  "failed": rec.error if rec is not None else "not attempted (the run was interrupted)"}.get(st)
+        kind = {"skipped": "already complete", "failed": (rec.kind if rec is not None else None) or "case"}.get(st)
         for p in paths:
             inputs.append({"file": str(p), "status": status, "case": cid, "kind": kind, "reason": reason})
     by_status = Counter(i["status"] for i in inputs)
@@ -61,12 +57,3 @@ def account_inputs(issues: list[InputIssue], cases: dict[str, tuple[Path, ...]],
               "skipped_by_reason": dict(Counter(i["kind"] for i in inputs if i["status"] == "skipped")),
               "failed_by_reason": dict(Counter(i["kind"] for i in inputs if i["status"] == "failed"))}
     return sorted(inputs, key=lambda i: i["file"]), counts
-
-
-def write_manifest_or_note(path: Path, manifest: dict[str, Any]) -> str | None:
-    """Write the manifest atomically; when storage fails, return one line saying so (None when written)."""
-    try:
-        write_json_atomic(path, manifest)
-    except OSError as e:
-        return f"note: the manifest {path} could not be written: {describe_os_error(e)}"
-    return None

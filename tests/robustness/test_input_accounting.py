@@ -10,9 +10,9 @@ import pytest
 from inference_helpers import write_case
 from test_batch import GEO, ThresholdPredictor
 
-from seg3d.inference.batch import predict_folder
 from seg3d.io.image import write_image
 from seg3d.io.input_folder import list_case_folder
+from seg3d.runners.local import predict_folder
 
 
 def _img(path: Path, seed: int = 0) -> Path:
@@ -179,7 +179,7 @@ def test_cli_predict_on_the_issue_folder_exits_1_and_names_both_files(tmp_path):
 
 
 def _tiny_plan():
-    from seg3d.planning.plan import ChannelNormalization, Configuration, Plan, Topology
+    from seg3d.core.plan import ChannelNormalization, Configuration, Plan, Topology
 
     topo = Topology(kernel_sizes=((1, 3, 3), (3, 3, 3)), strides=((1, 1, 1), (1, 2, 2)), features=(4, 8))
     cfg = Configuration(name="3d_fullres", spacing=(2.0, 1.0, 1.0), patch_size=(4, 8, 8), batch_size=2,

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from nifti_variants import VARIANTS, variant
 
-from seg3d.inference.export import write_like
 from seg3d.io.image import read_image
 from seg3d.io.nifti import file_orientation_warnings
+from seg3d.io.writers import write_like
 
 FIELDS = ("qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z",
           "srow_x", "srow_y", "srow_z", "xyzt_units")

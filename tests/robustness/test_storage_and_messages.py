@@ -16,8 +16,8 @@ from nifti_variants import oblique, rotation
 from test_batch import GEO, ThresholdPredictor
 
 from seg3d.errors import Seg3dError
-from seg3d.inference.batch import predict_folder
 from seg3d.io.image import incomplete_reason, read_image, write_image
+from seg3d.runners.local import predict_folder
 
 
 def _run(in_dir, out_dir, **kw):
@@ -130,7 +130,7 @@ def test_simpleitk_write_errors_name_the_output_not_the_temporary_file(tmp_path,
 
 
 def test_manifest_that_cannot_be_written_is_a_note_and_the_summary_still_comes(tmp_path, monkeypatch):
-    import seg3d.inference.accounting as acc
+    import seg3d.inference.stages as acc
 
     def no_space(path, obj):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -148,7 +148,7 @@ def test_cli_storage_failure_prints_the_summary_and_exits_1(tmp_path, monkeypatc
     from test_input_accounting import _tiny_plan
     from typer.testing import CliRunner
 
-    import seg3d.inference.accounting as acc
+    import seg3d.inference.stages as acc
 
     def full(*a, **kw):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -210,8 +210,8 @@ def test_detached_header_names_its_final_data_file_and_nothing_is_left_over(tmp_
 
 @pytest.mark.parametrize("ending", [".mha", ".nrrd", ".mhd", ".nhdr"])
 def test_other_formats_keep_an_oblique_geometry_exactly(tmp_path, ending):
-    from seg3d.inference.export import write_like
     from seg3d.io.image import Geometry
+    from seg3d.io.writers import write_like
 
     g = Geometry(GEO.size, (0.7, 1.3, 2.9), (-12.5, 33.25, 7.125),
                  tuple(float(v) for v in rotation(12, -7, 33).ravel()))
