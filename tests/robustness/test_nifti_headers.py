@@ -112,3 +112,36 @@ def test_fold_validation_masks_keep_the_input_header(tmp_path, tiny_plan):
     for k in FIELDS + ("pixdim", "dim"):
         np.testing.assert_array_equal(b[k], a[k], err_msg=k)
     assert read_image(model / "fold_0" / "validation" / "c0.nii.gz").geometry == read_image(src).geometry
+
+
+@pytest.mark.parametrize("name", ["q1_s2_apart", "4d_singleton", "qfac_minus1", "nifti2"])
+def test_every_writer_of_a_batch_keeps_the_input_geometry(tmp_path, name):
+    """predict with every registered output format (and probabilities): each mask on the input's grid; the
+    formats that hold one orientation say so when the input's qform and sform disagree."""
+    import nibabel as nib
+    from test_batch import ThresholdPredictor
+
+    from seg3d.io.writers import WRITERS
+    from seg3d.runners.local import predict_folder
+
+    src = variant(name, tmp_path / "in")
+    logs: list[str] = []
+    s = predict_folder(tmp_path / "in", tmp_path / "out", None, predictor=ThresholdPredictor(),
+                       output_formats=tuple(WRITERS), save_probabilities=True, log=logs.append)
+    assert s["predicted"] == 1 and not s["failed"]
+    geometry = read_image(src).geometry
+    for fmt, writer in WRITERS.items():
+        out = tmp_path / "out" / f"{name}{writer.ending}"
+        assert read_image(out).geometry.size == geometry.size
+        np.testing.assert_allclose(read_image(out).geometry.origin, geometry.origin, atol=1e-9)
+        np.testing.assert_allclose(read_image(out).geometry.direction, geometry.direction, atol=1e-12)
+        if fmt == "nifti":
+            a, b = nib.load(str(src)).header, nib.load(str(out)).header
+            np.testing.assert_allclose(b.get_sform(), a.get_sform(), atol=1e-5)
+            np.testing.assert_allclose(b.get_qform(), a.get_qform(), atol=1e-5)
+            assert (int(b["qform_code"]), int(b["sform_code"])) == (int(a["qform_code"]), int(a["sform_code"]))
+    disagree = name != "qfac_minus1"
+    notes = [line for line in logs if line.startswith("note:") and "one orientation" in line]
+    assert len(notes) == (2 if disagree else 0), logs
+    with np.load(tmp_path / "out" / f"{name}.npz") as z:
+        assert z["probabilities"].shape[1:] == geometry.shape

@@ -295,3 +295,22 @@ def test_truncated_input_error_names_the_users_file(tmp_path, capfd):
     assert s["failed"][0]["error"].startswith(str(f))
     err = capfd.readouterr()
     assert not TEMP_NAME.search(err.out + err.err + " ".join(logs))
+
+
+def test_an_input_that_cannot_be_opened_fails_naming_it_and_the_cause(tmp_path, monkeypatch):
+    import seg3d.io.niigz as niigz
+
+    d = _folder(tmp_path, 2)
+    locked = d / "case1_0000.nii.gz"
+    real = niigz._is_gzip
+
+    def denied(path):
+        if Path(path) == locked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(niigz, "_is_gzip", denied)
+    s, _ = _run(d, tmp_path / "out")
+    assert s["predicted"] == 1 and len(s["failed"]) == 1
+    err = s["failed"][0]["error"]
+    assert err.startswith(str(locked)) and "Permission denied" in err and s["failed"][0]["kind"] == "input"
