@@ -67,11 +67,17 @@ def check_geometry(pairs: list[tuple[str, Path, Path]]) -> None:
     """Every prediction on its reference's grid (size, spacing, origin, direction), else one error naming all."""
     from seg3d.io.image import read_header
 
-    bad = []
+    bad, unreadable = [], []
     for cid, pred, ref in pairs:
-        diff = read_header(ref).geometry.mismatches(read_header(pred).geometry)
+        try:
+            diff = read_header(ref).geometry.mismatches(read_header(pred).geometry)
+        except Seg3dError as e:
+            unreadable.append(str(e))
+            continue
         if diff:
             bad.append(f"case '{cid}' ({pred}): " + "; ".join(diff))
+    if unreadable:  # every one at once
+        raise Seg3dError(f"{len(unreadable)} case(s) could not be evaluated:\n  " + "\n  ".join(unreadable))
     if bad:
         more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
         raise Seg3dError(f"{len(bad)} prediction(s) are not on their reference's grid "
@@ -126,26 +132,30 @@ def _worker_init() -> None:
 def _run(pairs, class_values, tolerance_mm, workers: int, progress: ProgressFn | None) -> list[dict]:
     jobs = [(cid, p, r, class_values, tolerance_mm) for cid, p, r in pairs]
     results: list[dict] = []
+    errors: list[str] = []
     report(progress, 0, len(jobs), "")
+
+    def take(i: int, res: dict, case_id: str) -> None:
+        (errors.append(res["error"]) if "error" in res else results.append(res))
+        report(progress, i, len(jobs), case_id)
+
     if workers <= 1 or len(jobs) <= 2:
         for i, job in enumerate(jobs, 1):
-            results.append(_evaluate_pair(*job))
-            report(progress, i, len(jobs), job[0])
-        return results
-    import multiprocessing as mp
-    import sys
+            take(i, _safe_pair(job), job[0])
+    else:
+        import multiprocessing as mp
+        import sys
 
-    # Import the metric stack once here so forked workers inherit it instead of each paying seconds for it.
-    import monai.metrics.utils  # noqa: F401
-    import torch  # noqa: F401
+        # Import the metric stack once here so forked workers inherit it instead of each paying seconds for it.
+        import monai.metrics.utils  # noqa: F401
+        import torch  # noqa: F401
 
-    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
-        for i, res in enumerate(pool.map(_safe_pair, jobs, chunksize=1), 1):
-            if "error" in res:
-                raise Seg3dError(res["error"])
-            results.append(res)
-            report(progress, i, len(jobs), res["case_id"])
+        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
+            for i, (job, res) in enumerate(zip(jobs, pool.map(_safe_pair, jobs, chunksize=1)), 1):
+                take(i, res, job[0])
+    if errors:  # every unreadable file at once, not the first only
+        raise Seg3dError(f"{len(errors)} case(s) could not be evaluated:\n  " + "\n  ".join(errors))
     return results
 
 

@@ -157,6 +157,10 @@ def _read_failure(path: Path, e: Exception, what: str = "image") -> str:
     reason = unreadable_reason(path)
     if reason:
         return reason
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        reason = nifti_decode_problem(path)
+        if reason:
+            return reason
     line = _first_line(e)
     if "Unable to determine ImageIO reader" in line:
         return f"not a readable {_ending_name(path)} file (SimpleITK does not recognise its content; damaged?)"

@@ -268,7 +268,7 @@ def nifti_decode_problem(path: str | Path) -> str | None:
                         break
                     have += len(chunk)
     except _GZ_ERRORS as e:
-        return f"the compressed data is damaged or cut short ({e})"
+        return f"the gzip data is damaged or cut short ({e})"
     if have < need:
         return f"the file ends after {have} of {need} bytes (truncated)"
     return None

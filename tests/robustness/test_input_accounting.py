@@ -188,3 +188,21 @@ def _tiny_plan():
     return Plan(dataset_name="T", channel_names=("MRI",), labels={"background": 0, "fg": 1},
                 normalization=(ChannelNormalization("MRI", "zscore"),), configurations={"3d_fullres": cfg},
                 original_median_spacing=(2.0, 1.0, 1.0), original_median_shape=(6, 10, 12), preset="test")
+
+
+def test_evaluate_names_every_unreadable_prediction_at_once(tmp_path):
+    from seg3d.errors import Seg3dError
+    from seg3d.evaluation.evaluate import evaluate_folder
+
+    pred, ref = tmp_path / "pred", tmp_path / "ref"
+    for name in ("a", "b", "c"):
+        mask = (np.arange(np.prod(GEO.shape)) % 3).reshape(GEO.shape).astype(np.uint8)
+        write_image(mask, GEO, ref / f"{name}.nii.gz")
+        write_image(mask, GEO, pred / f"{name}.nii.gz")
+    for name in ("a", "c"):  # truncated, as an interrupted copy leaves them
+        f = pred / f"{name}.nii.gz"
+        f.write_bytes(f.read_bytes()[:-30])
+    with pytest.raises(Seg3dError) as e:
+        evaluate_folder(pred, ref, tmp_path / "eval", workers=0, pictures=0)
+    msg = str(e.value)
+    assert "2 case(s)" in msg and str(pred / "a.nii.gz") in msg and str(pred / "c.nii.gz") in msg

@@ -298,7 +298,7 @@ def test_truncated_input_error_names_the_users_file(tmp_path, capfd):
 
 
 def test_an_input_that_cannot_be_opened_fails_naming_it_and_the_cause(tmp_path, monkeypatch):
-    import seg3d.io.niigz as niigz
+    from seg3d.io import niigz
 
     d = _folder(tmp_path, 2)
     locked = d / "case1_0000.nii.gz"
