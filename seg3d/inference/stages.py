@@ -330,13 +330,15 @@ def write_manifest(in_dir: Path, out_dir: Path, inventory: Inventory, records: d
     return path
 
 
-def try_write_manifest(*args, **kwargs) -> tuple[Path | None, str | None]:
+def try_write_manifest(in_dir: Path, out_dir: Path, inventory: Inventory, records: dict[str, CaseRecord],
+                       failures: list[CaseRecord], settings: PredictSettings, predictor, started: str,
+                       seconds: float) -> tuple[Path | None, str | None]:
     """:func:`write_manifest`, but storage trouble becomes one line: ``(path, None)`` or ``(None, note)``."""
     try:
-        return write_manifest(*args, **kwargs), None
+        return write_manifest(in_dir, out_dir, inventory, records, failures, settings, predictor, started,
+                              seconds), None
     except OSError as e:
-        path = Path(args[1] if len(args) > 1 else kwargs["out_dir"]) / manifest_name(
-            args[5] if len(args) > 5 else kwargs["settings"])
+        path = Path(out_dir) / manifest_name(settings)
         return None, f"note: the manifest {path} could not be written: {describe_os_error(e)}"
 
 

@@ -14,9 +14,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from seg3d.atomic import storage_error
 from seg3d.core.device import precision_warning
 from seg3d.core.settings import PredictSettings, settings_from
-from seg3d.errors import Seg3dError
 from seg3d.inference import stages
 from seg3d.inference.accounting import preflight
 from seg3d.inference.stages import CaseRecord, Job
@@ -53,7 +53,7 @@ def predict_folder(in_dir: str | Path, out_dir: str | Path, model_dir: str | Pat
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise Seg3dError(f"cannot create the output folder ({e.strerror or e})", out_dir) from None
+        raise storage_error(out_dir, e, "cannot create the output folder") from None
     for cid, why in inventory.redo.items() if log else ():
         log(f"redoing {why} (an incomplete output of case '{cid}')")
     records: dict[str, CaseRecord] = {r.case: r for r in inventory.skipped}
