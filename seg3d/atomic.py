@@ -57,7 +57,7 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
     target.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = "".join(target.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name.split('.')[0]}.", suffix=".part" + suffix,
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name.split('.')[0][:80]}.", suffix=".part" + suffix,
                                dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -83,7 +83,7 @@ def atomic_files(target: str | Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name.split('.')[0]}.", suffix=".part",
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name.split('.')[0][:80]}.", suffix=".part",
                                     dir=target.parent))
     try:
         yield tmp_dir / target.name

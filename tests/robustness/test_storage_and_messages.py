@@ -314,3 +314,12 @@ def test_an_input_that_cannot_be_opened_fails_naming_it_and_the_cause(tmp_path, 
     assert s["predicted"] == 1 and len(s["failed"]) == 1
     err = s["failed"][0]["error"]
     assert err.startswith(str(locked)) and "Permission denied" in err and s["failed"][0]["kind"] == "input"
+
+
+def test_a_long_case_name_that_fits_the_file_system_is_written(tmp_path):
+    """The temporary name must not be longer than the final one (255 bytes per name on most file systems)."""
+    cid = "c" * 240
+    write_case(tmp_path / "in", cid, GEO)  # c...c_0000.nii.gz: 252 bytes
+    s, _ = _run(tmp_path / "in", tmp_path / "out")
+    assert s["predicted"] == 1 and not s["failed"], s["failed"]
+    assert read_image(tmp_path / "out" / f"{cid}.nii.gz").geometry == GEO
