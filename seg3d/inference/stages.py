@@ -26,6 +26,7 @@ from seg3d.inference.accounting import account_inputs
 from seg3d.io.image import incomplete_reason
 from seg3d.io.input_folder import InputIssue, list_case_folder
 from seg3d.io.nifti import file_orientation_warnings
+from seg3d.io.niigz import nonfinite_voxels
 from seg3d.io.sources import CaseSource
 from seg3d.io.writers import ending_of, format_for_path, writer_for
 
@@ -219,10 +220,23 @@ def read_job(job: Job, predictor) -> ReadCase:
     """Read the job's channels and preprocess them (reader thread / worker)."""
     t0 = time.perf_counter()
     data, geometry = job.source.read(predictor.plan.num_channels)
+    _check_finite(job.source, data)
     t1 = time.perf_counter()
     pdata, props = predictor.preprocess(data, geometry, where=job.source.reference)
     warnings = [f"{p}: {w}" for p in job.source.channels for w in file_orientation_warnings(p, geometry)]
     return ReadCase(job, pdata, props, {"read": t1 - t0, "preprocess": time.perf_counter() - t1}, warnings)
+
+
+def _check_finite(source: CaseSource, data: np.ndarray) -> None:
+    """NaN/Inf voxels fail the case naming the file, in every format: SimpleITK reads a NIfTI's as 0, so for
+    NIfTI the stored voxels are counted (see :func:`seg3d.io.niigz.nonfinite_voxels`)."""
+    for c in range(data.shape[0]):
+        path = source.channels[0 if source.four_d else min(c, len(source.channels) - 1)]
+        bad = int(data[c].size - np.count_nonzero(np.isfinite(data[c])))
+        if not bad and (c == 0 or not source.four_d):
+            bad = nonfinite_voxels(path)
+        if bad:
+            raise Seg3dError(f"{bad} voxel(s) are NaN or infinite", path)
 
 
 def predict_job(read: ReadCase, predictor):

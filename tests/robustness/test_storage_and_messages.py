@@ -323,3 +323,18 @@ def test_a_long_case_name_that_fits_the_file_system_is_written(tmp_path):
     s, _ = _run(tmp_path / "in", tmp_path / "out")
     assert s["predicted"] == 1 and not s["failed"], s["failed"]
     assert read_image(tmp_path / "out" / f"{cid}.nii.gz").geometry == GEO
+
+
+@pytest.mark.parametrize("ending", [".nii.gz", ".nii", ".mha"])
+def test_nan_voxels_fail_the_case_naming_the_file_in_every_format(tmp_path, ending):
+    """SimpleITK reads a NIfTI's NaN as 0: without a look at the stored voxels the case would be predicted on
+    made-up values, while the same image as .mha fails."""
+    d = tmp_path / "in"
+    arr = np.random.default_rng(0).normal(100, 20, GEO.shape).astype(np.float32)
+    arr[1, 2, 3], arr[2, 3, 4] = np.nan, np.inf
+    write_image(arr, GEO, d / f"bad{ending}", compress=ending != ".nii")
+    write_case(d, "good", GEO)
+    s, _ = _run(d, tmp_path / "out")
+    assert s["predicted"] == 1 and len(s["failed"]) == 1
+    err = s["failed"][0]["error"]
+    assert err.startswith(str(d / f"bad{ending}")) and "2 " in err and "NaN" in err
