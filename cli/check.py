@@ -29,11 +29,13 @@ def register(app: typer.Typer) -> None:
         from seg3d.io.layout import load_dataset
 
         with progress_bar("checking") as progress:
-            problems = guarded(lambda: check_dataset(dataset_dir, workers=workers, progress=progress))
+            found = guarded(lambda: check_dataset(dataset_dir, workers=workers, progress=progress))
+        for p in found:
+            where = escape(str(p.path)) + ": " if p.path is not None else ""
+            mark = "[yellow]![/] warning: " if p.warning else "[red]✗[/] "
+            out.print(f"{mark}[bold]{where}[/]{escape(p.message)}", highlight=False, soft_wrap=True)
+        problems = [p for p in found if not p.warning]
         if problems:
-            for p in problems:
-                where = escape(str(p.path)) + ": " if p.path is not None else ""
-                out.print(f"[red]✗[/] [bold]{where}[/]{escape(p.message)}", highlight=False, soft_wrap=True)
             files = {p.path for p in problems if p.path is not None}
             out.print(f"[bold red]{len(problems)} problem(s)[/] in {len(files)} file(s) of "
                       f"{escape(str(dataset_dir))}", highlight=False)
@@ -41,5 +43,6 @@ def register(app: typer.Typer) -> None:
         ds = guarded(lambda: load_dataset(dataset_dir))
         labels = ", ".join(f"{v} {k}" for k, v in ds.labels.items())
         test = f", {len(ds.test_cases)} test case(s)" if ds.test_cases else ""
+        warned = f" ({len(found)} warning(s) above)" if found else ""
         out.print(f"[bold green]OK[/]: {len(ds.cases)} cases{test}, {ds.num_channels} channel(s) "
-                  f"({', '.join(ds.channel_names)}), labels {escape(labels)}", highlight=False)
+                  f"({', '.join(ds.channel_names)}), labels {escape(labels)}{warned}", highlight=False)

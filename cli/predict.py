@@ -64,7 +64,7 @@ def register(app: typer.Typer) -> None:
 
         summary = guarded(run)
         _print_summary(summary)
-        if summary["failed"]:
+        if summary["failed"] or summary.get("manifest_note"):
             raise typer.Exit(1)
 
     @app.command("decide-postprocessing")
@@ -101,14 +101,40 @@ def register(app: typer.Typer) -> None:
         out.print(f"written: {ModelFolder(model_dir).postprocessing_json}")
 
 
+SHOWN_PER_REASON = 10  # skipped files listed by name per reason; the manifest lists all
+
+
 def _print_summary(summary: dict) -> None:
+    """Cases first, then every input file: predicted + skipped + failed = the files of the input folder."""
+    from rich.markup import escape
+
     s = summary
     spc = s.get("seconds_per_case")
     rate = f", {spc:.2f} s/case" if spc else ""
     out.print(f"predicted {s['predicted']}, skipped {s['skipped']} (already complete), failed "
               f"{len(s['failed'])} of {s['total']} case(s) in {s['seconds']:.1f} s{rate}")
+    c = s.get("input_counts")
+    if c:
+        skipped = ", ".join(f"{n} {k}" for k, n in sorted(c["skipped_by_reason"].items()))
+        out.print(f"{c['files']} input file(s) in {escape(str(s['input_dir']))}: {c['predicted']} predicted, "
+                  f"{c['skipped']} skipped" + (f" ({skipped})" if skipped else "") + f", {c['failed']} failed",
+                  highlight=False, soft_wrap=True)
+        shown: dict[str, int] = {}
+        for i in s["inputs"]:
+            if i["status"] != "skipped" or i["kind"] == "already complete":
+                continue
+            shown[i["kind"]] = shown.get(i["kind"], 0) + 1
+            if shown[i["kind"]] <= SHOWN_PER_REASON:
+                console.print(f"  skipped {escape(i['file'])}: {escape(i['reason'])}", highlight=False,
+                              soft_wrap=True)
+        for kind, n in shown.items():
+            if n > SHOWN_PER_REASON:
+                console.print(f"  ... and {n - SHOWN_PER_REASON} more skipped ({kind}), listed in the manifest")
     if s["failed"]:
         console.print(f"[bold red]{len(s['failed'])} input(s) could not be predicted:[/]")
         for f in s["failed"]:
-            console.print(f"  {f['error']}", highlight=False, soft_wrap=True)
-    out.print(f"manifest: {s['manifest']}")
+            console.print(f"  {escape(f['error'])}", highlight=False, soft_wrap=True)
+    if s.get("manifest_note"):
+        console.print(escape(s["manifest_note"]), highlight=False, soft_wrap=True)
+    else:
+        out.print(f"manifest: {escape(str(s['manifest']))}", highlight=False)

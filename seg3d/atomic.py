@@ -4,13 +4,46 @@ A killed process therefore leaves either the old file or the new one, never half
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from seg3d.errors import Seg3dError
+
+# what an OSError's errno means for someone writing a file, in words
+_CAUSES = {errno.ENOSPC: "no space left on the device", errno.EROFS: "the file system is read-only",
+           errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+           errno.EDQUOT: "disk quota exceeded", errno.ENAMETOOLONG: "the file name is too long",
+           errno.EIO: "input/output error (a failing disk or a lost network share)",
+           errno.ENOENT: "the folder does not exist", errno.ENOTDIR: "a part of the path is not a folder",
+           errno.EISDIR: "a folder has that name", errno.EFBIG: "the file is too large for the file system",
+           errno.EMFILE: "too many open files"}
+
+
+def describe_os_error(e: OSError) -> str:
+    """The cause of a failed file operation in words, e.g. 'no space left on the device (errno 28)'."""
+    if e.errno in _CAUSES:
+        return f"{_CAUSES[e.errno]} (errno {e.errno})"
+    return e.strerror or str(e) or type(e).__name__
+
+
+def storage_error(target: str | Path, e: OSError, what: str = "cannot write") -> Seg3dError:
+    """A :class:`Seg3dError` naming ``target`` (the user's file, never a temporary one) and the cause."""
+    return Seg3dError(f"{what}: {describe_os_error(e)}", target)
+
+
+def free_bytes(folder: str | Path) -> int | None:
+    """Free bytes on the file system holding ``folder`` (None if it cannot be asked)."""
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
 
 
 @contextmanager
@@ -24,7 +57,7 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
     target.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = "".join(target.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name.split('.')[0]}.", suffix=".part" + suffix,
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name.split('.')[0][:80]}.", suffix=".part" + suffix,
                                dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -38,6 +71,30 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_files(target: str | Path) -> Iterator[Path]:
+    """Like :func:`atomic_path` for formats written as several files (``case.mhd`` + ``case.zraw``).
+
+    Yields ``<hidden folder next to target>/<target name>``; on success every file written there is moved next
+    to ``target``, ``target`` itself last, so the header appears only when its data file is in place and names
+    it by its final name. On failure the hidden folder is removed.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name.split('.')[0][:80]}.", suffix=".part",
+                                    dir=target.parent))
+    try:
+        yield tmp_dir / target.name
+        mask = os.umask(0)
+        os.umask(mask)
+        files = sorted(tmp_dir.iterdir(), key=lambda p: p.name == target.name)  # the header last
+        for f in files:
+            os.chmod(f, 0o666 & ~mask)
+            os.replace(f, target.parent / f.name)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def write_bytes_atomic(target: str | Path, data: bytes) -> None:
@@ -60,3 +117,36 @@ def write_with_atomic(target: str | Path, writer: Callable[[Path], None]) -> Non
     """Call ``writer(tmp_path)`` and rename the result onto ``target``."""
     with atomic_path(target) as tmp:
         writer(tmp)
+
+
+def check_output_folder(folder: str | Path, need_bytes: int = 0) -> str | None:
+    """Cheap checks of where outputs will go, before any work: raises :class:`Seg3dError` when ``folder``
+    cannot be created or written (naming it and the cause); returns a warning when its file system has less
+    than ``need_bytes`` (and less than 1 MiB) free, else None. Creates nothing that stays.
+    """
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise Seg3dError(f"cannot create the output folder: {probe} is a file, not a folder", folder)
+    what = "the output folder is not writable" if probe == folder else f"cannot create the output folder in {probe}"
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".seg3d-write-test-", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise storage_error(folder, e, what) from None
+    free = free_bytes(probe)
+    if free is not None and free < max(need_bytes, 1 << 20):
+        return (f"{folder}: only {_size(free)} free on its file system (the masks need roughly "
+                f"{_size(max(need_bytes, 0))}); cases that do not fit will fail")
+    return None
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} bytes"

@@ -28,6 +28,7 @@ from seg3d.io.checks import (
     CaseVoxels,
     Problem,
     expected_test_cases,
+    errors_only,
     inspect_case,
     layout_problems,
     load_or_problem,
@@ -214,6 +215,7 @@ def _moments(values: np.ndarray) -> tuple[int, float, float, float, float]:
 def _scan_one(item: tuple[Case, bool], spec: CaseSpec, max_samples: int, measure: bool = True):
     case, labelled = item
     problems, vox = inspect_case(case, spec, labelled=labelled, keep_voxels=labelled and measure)
+    problems = errors_only(problems)  # header warnings are for `seg3d check`; they do not stop a plan
     if problems or vox is None:
         return problems, None
     return [], measure_case(case.case_id, vox, max_samples)

@@ -19,20 +19,28 @@ from seg3d.progress import ProgressFn
 
 
 def list_label_files(folder: str | Path, what: str) -> dict[str, Path]:
-    """``case_id -> file`` for the image files of a folder (hidden files skipped)."""
+    """``case_id -> file`` for the image files of a folder (hidden files, folders and non-images skipped).
+
+    Raises :class:`Seg3dError` naming every ambiguous case id and both of its files (``a.nii.gz`` and ``a.nii``),
+    worded as ``seg3d predict`` and ``seg3d check`` word it.
+    """
+    from seg3d.io.input_folder import ambiguous_message
+
     folder = Path(folder)
     if not folder.is_dir():
         raise Seg3dError(f"{what} folder not found", folder)
-    out: dict[str, Path] = {}
+    found: dict[str, list[Path]] = {}
     for p in sorted(folder.iterdir()):
         e = ending_of(p.name)
         if p.name.startswith(".") or e is None or not p.is_file():
             continue
-        cid = p.name[: -len(e)]
-        if cid in out:
-            raise Seg3dError(f"case '{cid}' appears twice ({out[cid].name} and {p.name})", folder)
-        out[cid] = p
-    return out
+        found.setdefault(p.name[: -len(e)], []).append(p)
+    clashes = [f"{', '.join(str(p) for p in ps)}: {ambiguous_message(cid, ps)}" for cid, ps in found.items()
+               if len(ps) > 1]
+    if clashes:
+        raise Seg3dError(f"{len(clashes)} ambiguous case id(s) in the {what} folder {folder}:\n  " +
+                         "\n  ".join(clashes))
+    return {cid: ps[0] for cid, ps in found.items()}
 
 
 def match_cases(pred_dir, gt_dir) -> tuple[list[tuple[str, Path, Path]], list[str], list[str]]:
@@ -54,11 +62,17 @@ def match_cases(pred_dir, gt_dir) -> tuple[list[tuple[str, Path, Path]], list[st
 def check_geometry(pairs: list[tuple[str, Path, Path]]) -> None:
     """Every prediction on its reference's grid (size, spacing, origin, direction), else one error naming all."""
 
-    bad = []
+    bad, unreadable = [], []
     for cid, pred, ref in pairs:
-        diff = read_header(ref).geometry.mismatches(read_header(pred).geometry)
+        try:
+            diff = read_header(ref).geometry.mismatches(read_header(pred).geometry)
+        except Seg3dError as e:
+            unreadable.append(str(e))
+            continue
         if diff:
             bad.append(f"case '{cid}' ({pred}): " + "; ".join(diff))
+    if unreadable:  # every one at once
+        raise Seg3dError(f"{len(unreadable)} case(s) could not be evaluated:\n  " + "\n  ".join(unreadable))
     if bad:
         more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
         raise Seg3dError(f"{len(bad)} prediction(s) are not on their reference's grid "
@@ -109,9 +123,9 @@ def _run(pairs, class_values, tolerance_mm, workers: int, progress: ProgressFn |
         import torch  # noqa: F401
     results = map_cases(_safe_pair, jobs, workers, progress, message=lambda res: res.get("case_id", ""),
                         chunksize=1, serial_up_to=2)
-    for res in results:
-        if "error" in res:
-            raise Seg3dError(res["error"])
+    errors = [res["error"] for res in results if "error" in res]
+    if errors:  # every unreadable file at once, not the first only
+        raise Seg3dError(f"{len(errors)} case(s) could not be evaluated:\n  " + "\n  ".join(errors))
     return results
 
 

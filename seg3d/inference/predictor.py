@@ -126,8 +126,10 @@ class Predictor:
         if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
             raise Seg3dError(f"invalid voxel spacing {geometry.spacing}", where)
         data = data.astype(np.float32, copy=False)
-        if not np.isfinite(data).all():
-            raise Seg3dError("image contains NaN or infinite values", where)
+        finite = np.isfinite(data)
+        if not finite.all():
+            bad = int(finite.size - np.count_nonzero(finite))
+            raise Seg3dError(f"{bad} of {finite.size} voxel(s) are NaN or infinite", where)
         return data
 
     def preprocess(self, data: np.ndarray, geometry: Geometry, where=None):

@@ -19,11 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from seg3d.atomic import write_json_atomic, write_with_atomic
+from seg3d.atomic import describe_os_error, storage_error, write_json_atomic, write_with_atomic
 from seg3d.core.settings import PredictSettings
 from seg3d.errors import Seg3dError
-from seg3d.io.image import ending_of, read_header
-from seg3d.io.layout import group_channel_files
+from seg3d.inference.accounting import account_inputs
+from seg3d.io.image import ending_of, incomplete_reason
+from seg3d.io.input_folder import InputIssue, list_case_folder
+from seg3d.io.nifti import file_orientation_warnings
+from seg3d.io.niigz import nonfinite_voxels
 from seg3d.io.sources import CaseSource
 from seg3d.io.writers import format_for_path, writer_for
 
@@ -43,7 +46,12 @@ class Job:
 
 @dataclass
 class CaseRecord:
-    """What happened to one input: ``ok``, ``skipped`` (output already complete) or ``failed``."""
+    """What happened to one input: ``ok``, ``skipped`` (output already complete) or ``failed``.
+
+    ``kind`` says why a case failed (``input``: reading it; ``output``: writing it, e.g. no space left;
+    listing kinds: ``ambiguous``, ``name``, ``channels``, ``unreadable``); ``notes``: what of the input's
+    header a writer could not keep; ``warnings``: about the input (e.g. its qform and sform disagree).
+    """
 
     case: str | None
     status: str
@@ -51,17 +59,21 @@ class CaseRecord:
     error: str | None = None
     path: str | None = None  # the file a failure is about
     seconds: dict[str, float] = field(default_factory=dict)
+    kind: str | None = None
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def manifest_entry(self) -> dict[str, Any]:
+        extra = {k: v for k, v in (("header_notes", self.notes), ("warnings", self.warnings)) if v}
         if self.status == "ok":
             return {"case": self.case, "status": "ok", "output": self.output,
-                    "seconds": {k: round(v, 4) for k, v in self.seconds.items()}}
+                    "seconds": {k: round(v, 4) for k, v in self.seconds.items()}, **extra}
         if self.status == "skipped":
             return {"case": self.case, "status": "skipped", "output": self.output}
-        return {"case": self.case, "status": "failed", "error": self.error}
+        return {"case": self.case, "status": "failed", "error": self.error, "kind": self.kind, **extra}
 
     def failure(self) -> dict[str, Any]:
-        return {"case": self.case, "path": self.path, "error": self.error}
+        return {"case": self.case, "path": self.path, "error": self.error, "kind": self.kind}
 
 
 @dataclass
@@ -72,6 +84,10 @@ class Inventory:
     todo: list[Job]
     skipped: list[CaseRecord]
     failed: list[CaseRecord]  # listing problems (reported by part 0 only)
+    issues: list[InputIssue] = field(default_factory=list)  # every file that is no case, why (part 0 only)
+    files: dict[str, tuple[Path, ...]] = field(default_factory=dict)  # case id -> its input files (this part)
+    redo: dict[str, str] = field(default_factory=dict)  # case id -> why its existing output is redone
+    in_dir: Path | None = None
 
 
 @dataclass
@@ -82,37 +98,18 @@ class ReadCase:
     data: Any  # (C, *shape) float32 on the preprocessed grid
     props: Any  # CaseProperties
     seconds: dict[str, float]
+    warnings: list[str] = field(default_factory=list)  # about the input files, naming them
 
 
 # --- listing ---------------------------------------------------------------------------------------------
 
 def list_input_cases(in_dir: Path, num_channels: int) -> tuple[dict[str, list[Path]], list[tuple[str | None, Path, str]]]:
-    """Cases ``{case_id: channel files in order}`` and problems ``[(case_id, path, message)]`` found while listing."""
-    in_dir = Path(in_dir)
-    if not in_dir.is_dir():
-        raise Seg3dError("input folder not found", in_dir)
-    groups = group_channel_files(in_dir, num_channels)
-    used = {p for paths in groups.values() for p in paths}
-    problems: list[tuple[str | None, Path, str]] = []
-    for p in sorted(in_dir.iterdir()):
-        e = ending_of(p.name)
-        if p.is_file() and not p.name.startswith(".") and e and p not in used:
-            problems.append((None, p, f"file name does not follow <case>_XXXX{e} (the model has "
-                                      f"{num_channels} channels)"))
-    cases: dict[str, list[Path]] = {}
-    for cid, paths in sorted(groups.items()):
-        by_channel = {}
-        for p in paths:
-            stem = p.name[: -len(ending_of(p.name) or "")]
-            suffixed = stem != cid  # <case>_XXXX, or a plain <case> file for one-channel models
-            by_channel[int(stem[-4:]) if suffixed else 0] = p
-        want = list(range(num_channels))
-        if sorted(by_channel) != want:
-            problems.append((cid, paths[0], f"case '{cid}' has channel file(s) {sorted(by_channel)}, the model "
-                                            f"expects exactly {want} (<case>_0000 ... _{num_channels - 1:04d})"))
-            continue
-        cases[cid] = [by_channel[c] for c in want]
-    return cases, problems
+    """Cases ``{case_id: channel files in order}`` and failures ``[(case_id, path, message)]`` found while listing
+    (:func:`seg3d.io.input_folder.list_case_folder` also says what was skipped and why)."""
+    listing = list_case_folder(in_dir, num_channels)
+    failed = [(i.case_id, i.paths[0], i.reason if len(i.paths) == 1 else i.message) for i in listing.issues
+              if i.status == "failed"]
+    return {c: list(p) for c, p in listing.cases.items()}, failed
 
 
 def split_parts(case_ids: list[str], num_parts: int, part_id: int) -> list[str]:
@@ -137,24 +134,44 @@ def probabilities_path(out: Path) -> Path:
 
 
 def output_complete(out_path: Path, expected_size: tuple[int, ...]) -> bool:
-    """An existing output that opens and has the input's size (partial files never carry the final name)."""
-    if not out_path.is_file():
-        return False
-    try:
-        return read_header(out_path).geometry.size == tuple(expected_size)
-    except Seg3dError:
-        return False
+    """An existing output that fully decodes with the input's size (see :func:`seg3d.io.image.incomplete_reason`)."""
+    return out_path.is_file() and incomplete_reason(out_path, expected_size) is None
 
 
-def job_complete(job: Job) -> bool:
-    """Every output of ``job`` exists, opens, and has the input's size (``--continue``)."""
+def job_incomplete(job: Job) -> str | None:
+    """Why ``job``'s outputs are not all complete (``"missing"`` when one does not exist); None when they are.
+
+    Complete: every output fully decodes with the input's size, and the probabilities file (if asked for) is a
+    whole ``.npz`` (``--continue``).
+    """
+    if not all(p.is_file() for _, p in job.outputs):
+        return "missing"
     try:
         size = job.source.size()
     except Seg3dError:
+        return "the input cannot be read"
+    for _, p in job.outputs:
+        why = incomplete_reason(p, size)
+        if why is not None:
+            return f"{p}: {why}"
+    if job.probabilities is not None and not _npz_complete(job.probabilities):
+        return f"{job.probabilities}: missing or incomplete"
+    return None
+
+
+def job_complete(job: Job) -> bool:
+    """Every output of ``job`` is complete (see :func:`job_incomplete`)."""
+    return job_incomplete(job) is None
+
+
+def _npz_complete(path: Path) -> bool:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.testzip() is None and {"probabilities.npy", "label_values.npy"} <= set(z.namelist())
+    except (OSError, zipfile.BadZipFile):
         return False
-    if job.probabilities is not None and not job.probabilities.is_file():
-        return False
-    return all(output_complete(p, size) for _, p in job.outputs)
 
 
 def list_inputs(in_dir: str | Path, out_dir: str | Path, num_channels: int, settings: PredictSettings) -> Inventory:
@@ -167,12 +184,17 @@ def list_inputs(in_dir: str | Path, out_dir: str | Path, num_channels: int, sett
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     for f in settings.output_formats:
         writer_for(f)  # an unknown format fails before any work
-    cases, problems = list_input_cases(in_dir, num_channels)
+    listing = list_case_folder(in_dir, num_channels, exclude=(out_dir,))
+    if listing.num_files == 0:
+        raise Seg3dError("the input folder is empty", in_dir)
+    cases = listing.cases
     ids = split_parts(list(cases), settings.num_parts, settings.part_id)
-    failed = [CaseRecord(c, "failed", error=f"{p}: {m}", path=str(p)) for c, p, m in problems] \
-        if settings.part_id == 0 else []
+    issues = list(listing.issues) if settings.part_id == 0 else []  # each part would list them again
+    failed = [CaseRecord(i.case_id, "failed", error=i.message, path=str(i.paths[0]), kind=i.kind)
+              for i in issues if i.status == "failed"]
     todo: list[Job] = []
     skipped: list[CaseRecord] = []
+    redo: dict[str, str] = {}
     for cid in ids:
         source = CaseSource.from_files(cid, cases[cid])
         outputs = output_paths(source, out_dir, settings.output_formats)
@@ -181,11 +203,15 @@ def list_inputs(in_dir: str | Path, out_dir: str | Path, num_channels: int, sett
             if out.resolve() in inputs:
                 raise Seg3dError("the output would overwrite its input: choose another output folder", out)
         job = Job(source, outputs, probabilities_path(outputs[0][1]) if settings.save_probabilities else None)
-        if settings.continue_ and job_complete(job):
-            skipped.append(CaseRecord(cid, "skipped", output=str(outputs[0][1])))
-            continue
+        if settings.continue_:
+            why = job_incomplete(job)
+            if why is None:
+                skipped.append(CaseRecord(cid, "skipped", output=str(outputs[0][1])))
+                continue
+            if why != "missing":
+                redo[cid] = why
         todo.append(job)
-    return Inventory(ids, todo, skipped, failed)
+    return Inventory(ids, todo, skipped, failed, issues, {c: cases[c] for c in ids}, redo, in_dir)
 
 
 # --- one case ----------------------------------------------------------------------------------------------
@@ -194,9 +220,23 @@ def read_job(job: Job, predictor) -> ReadCase:
     """Read the job's channels and preprocess them (reader thread / worker)."""
     t0 = time.perf_counter()
     data, geometry = job.source.read(predictor.plan.num_channels)
+    _check_finite(job.source, data)
     t1 = time.perf_counter()
     pdata, props = predictor.preprocess(data, geometry, where=job.source.reference)
-    return ReadCase(job, pdata, props, {"read": t1 - t0, "preprocess": time.perf_counter() - t1})
+    warnings = [f"{p}: {w}" for p in job.source.channels for w in file_orientation_warnings(p, geometry)]
+    return ReadCase(job, pdata, props, {"read": t1 - t0, "preprocess": time.perf_counter() - t1}, warnings)
+
+
+def _check_finite(source: CaseSource, data: np.ndarray) -> None:
+    """NaN/Inf voxels fail the case naming the file, in every format: SimpleITK reads a NIfTI's as 0, so for
+    NIfTI the stored voxels are counted (see :func:`seg3d.io.niigz.nonfinite_voxels`)."""
+    for c in range(data.shape[0]):
+        path = source.channels[0 if source.four_d else min(c, len(source.channels) - 1)]
+        bad = int(data[c].size - np.count_nonzero(np.isfinite(data[c])))
+        if not bad and (c == 0 or not source.four_d):
+            bad = nonfinite_voxels(path)
+        if bad:
+            raise Seg3dError(f"{bad} voxel(s) are NaN or infinite", path)
 
 
 def predict_job(read: ReadCase, predictor):
@@ -213,19 +253,29 @@ def write_job(read: ReadCase, probs, predictor) -> CaseRecord:
     t0 = time.perf_counter()
     labels, p = predictor.export(probs, read.props, probabilities=job.probabilities is not None)
     t1 = time.perf_counter()
+    notes: list[str] = []
     for fmt, path in job.outputs:
-        writer_for(fmt).write(labels, read.props.geometry, job.source, path)
+        notes += [f"{path}: {n}" for n in writer_for(fmt).write(labels, read.props.geometry, job.source, path) or ()]
     if p is not None:
         write_probabilities(job.probabilities, p, predictor.label_values)
     seconds = {**read.seconds, "export": t1 - t0, "write": time.perf_counter() - t1}
-    return CaseRecord(job.case_id, "ok", output=str(job.outputs[0][1]), seconds=seconds)
+    return CaseRecord(job.case_id, "ok", output=str(job.outputs[0][1]), seconds=seconds, notes=notes,
+                      warnings=list(read.warnings))
 
 
 def failed_record(job: Job, err: BaseException) -> CaseRecord:
-    """A failed case: the user's problem as it was raised, anything else named an internal error."""
-    msg = str(err) if isinstance(err, Seg3dError) else f"internal error ({type(err).__name__}: {err})"
+    """A failed case: the user's problem as it was raised, storage trouble naming the output file, anything
+    else named an internal error. ``kind``: ``output`` when writing failed, else ``input``."""
+    outputs = {str(p) for _, p in job.outputs} | ({str(job.probabilities)} if job.probabilities else set())
+    if isinstance(err, Seg3dError):
+        msg = str(err)
+    elif isinstance(err, OSError):  # storage trouble a writer did not name
+        msg = f"{job.outputs[0][1]}: {describe_os_error(err)}"
+    else:
+        msg = f"internal error ({type(err).__name__}: {err})"
     path = str(err.path) if isinstance(err, Seg3dError) and err.path else str(job.source.reference)
-    return CaseRecord(job.case_id, "failed", error=msg, path=path)
+    kind = "output" if path in outputs or isinstance(err, OSError) else "input"
+    return CaseRecord(job.case_id, "failed", error=msg, path=path, kind=kind)
 
 
 def run_job(predictor, job: Job) -> CaseRecord:
@@ -245,7 +295,10 @@ def write_probabilities(path: Path, probs: np.ndarray, label_values) -> None:
             np.savez_compressed(f, probabilities=np.asarray(probs).astype(np.float16, copy=False),
                                 label_values=np.asarray(label_values))
 
-    write_with_atomic(path, writer)
+    try:
+        write_with_atomic(path, writer)
+    except OSError as e:
+        raise storage_error(path, e) from None
 
 
 # --- the run -----------------------------------------------------------------------------------------------
@@ -284,21 +337,42 @@ def write_manifest(in_dir: Path, out_dir: Path, inventory: Inventory, records: d
                 "output_formats": list(settings.output_formats), **predictor.describe(),
                 "cases": [records[c].manifest_entry() for c in inventory.case_ids if c in records],
                 "failures": [f.failure() for f in failures]}
+    inputs, counts = account_inputs(inventory.issues, inventory.files, records)
+    manifest.update(input_counts=counts, inputs=inputs)
     path = Path(out_dir) / manifest_name(settings)
     write_json_atomic(path, manifest)
     return path
 
 
+def try_write_manifest(in_dir: Path, out_dir: Path, inventory: Inventory, records: dict[str, CaseRecord],
+                       failures: list[CaseRecord], settings: PredictSettings, predictor, started: str,
+                       seconds: float) -> tuple[Path | None, str | None]:
+    """:func:`write_manifest`, but storage trouble becomes one line: ``(path, None)`` or ``(None, note)``."""
+    try:
+        return write_manifest(in_dir, out_dir, inventory, records, failures, settings, predictor, started,
+                              seconds), None
+    except OSError as e:
+        path = Path(out_dir) / manifest_name(settings)
+        return None, f"note: the manifest {path} could not be written: {describe_os_error(e)}"
+
+
 def summarize(inventory: Inventory, records: dict[str, CaseRecord], failures: list[CaseRecord],
-              seconds: float, loop_seconds: float, manifest: Path) -> dict[str, Any]:
-    """The run's summary: counts, every failure (case, file, message), seconds per case, the manifest."""
+              seconds: float, loop_seconds: float, manifest: Path | None,
+              manifest_note: str | None = None) -> dict[str, Any]:
+    """The run's summary: case counts, every failure (case, file, message), seconds per case, the manifest
+    (or the note saying it could not be written), and every input file with its status (``inputs``) and the
+    counts, which add up to the files of the input folder (``input_counts``)."""
     ok = [r for r in records.values() if r.status == "ok"]
     net = [r.seconds["network"] for r in ok]
-    return {"total": len(inventory.case_ids), "predicted": len(ok),
-            "skipped": sum(1 for r in records.values() if r.status == "skipped"),
+    inputs, counts = account_inputs(inventory.issues, inventory.files, records)
+    return {"total": len(inventory.case_ids) + sum(1 for i in inventory.issues if i.status == "failed"),
+            "predicted": len(ok), "skipped": sum(1 for r in records.values() if r.status == "skipped"),
             "failed": [f.failure() for f in failures], "seconds": seconds,
             "seconds_per_case": loop_seconds / len(ok) if ok else None,
-            "network_seconds_per_case": float(np.mean(net)) if net else None, "manifest": str(manifest)}
+            "network_seconds_per_case": float(np.mean(net)) if net else None,
+            "manifest": None if manifest is None else str(manifest), "manifest_note": manifest_note,
+            "input_dir": None if inventory.in_dir is None else str(inventory.in_dir),
+            "input_counts": counts, "inputs": inputs}
 
 
 def now() -> str:

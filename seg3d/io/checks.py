@@ -21,6 +21,7 @@ import numpy as np
 from seg3d.errors import Seg3dError
 from seg3d.io.image import Geometry, error_line, sitk_module
 from seg3d.io.layout import Case, Dataset, load_dataset
+from seg3d.io.nifti import file_orientation_warnings, unreadable_reason
 from seg3d.io.niigz import read_sitk_checked
 from seg3d.parallel import map_cases
 from seg3d.progress import ProgressFn
@@ -28,10 +29,15 @@ from seg3d.progress import ProgressFn
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong with a dataset: the file it concerns (None for the dataset as a whole) and what."""
+    """One thing wrong with a dataset: the file it concerns (None for the dataset as a whole) and what.
+
+    ``warning``: true for what does not stop seg3d but may surprise the user (e.g. a NIfTI qform and sform that
+    disagree); warnings never make a check fail.
+    """
 
     path: Path | None
     message: str
+    warning: bool = False
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path is not None else self.message
@@ -94,13 +100,15 @@ def _open(path: Path, role: str, channels: int, problems: list[Problem]) -> _Ope
     except (RuntimeError, OSError) as e:  # OSError: e.g. no permission to read the file
         src = _header(path)
         if src is None:
-            problems.append(Problem(path, f"not a readable image ({error_line(e)})"))
+            problems.append(Problem(path, unreadable_reason(path) or f"not a readable image ({error_line(e)})"))
             return None
         problems.append(Problem(path, f"cannot read the voxels, the file is truncated or corrupt "
                                       f"({error_line(e)})"))
         size, comps = tuple(src.GetSize()), int(src.GetNumberOfComponents())
     dim = len(size)
     args = (size, src.GetSpacing(), src.GetOrigin(), src.GetDirection())
+    if dim >= 3:
+        problems += [Problem(path, w, warning=True) for w in file_orientation_warnings(path, _spatial(*args, 3))]
     if channels == 1:
         if comps != 1:
             problems.append(Problem(path, f"{role} has {comps} components per voxel (vector/RGB image); "
@@ -228,10 +236,15 @@ def inspect_case(case: Case, spec: CaseSpec, labelled: bool = True,
     if lab is not None and lab.image is not None:
         label_arr = sitk.GetArrayViewFromImage(lab.image)
         counts = _check_label(lab.path, label_arr, spec, problems)
-    if problems or not keep_voxels or ref is None or (labelled and label_arr is None):
+    if errors_only(problems) or not keep_voxels or ref is None or (labelled and label_arr is None):
         return problems, None
     keep = tuple(f.image for f in opened) + ((lab.image,) if lab is not None else ())
     return problems, CaseVoxels(channels, label_arr, ref.geometry, counts, keep)
+
+
+def errors_only(problems: Sequence[Problem]) -> list[Problem]:
+    """The problems that are not warnings."""
+    return [p for p in problems if not p.warning]
 
 
 # ---- dataset level ---------------------------------------------------------------------------------------

@@ -13,15 +13,19 @@ Conventions used everywhere in seg3d:
 """
 from __future__ import annotations
 
+import errno
 import itertools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from seg3d.atomic import atomic_path
+from seg3d.atomic import atomic_files, atomic_path, describe_os_error, free_bytes, storage_error
 from seg3d.errors import Seg3dError
-from seg3d.io.niigz import read_sitk
+from seg3d.io.itkfiles import itk_file_problem
+from seg3d.io.nifti import unreadable_reason
+from seg3d.io.niigz import is_nifti2, nifti_decode_problem, quiet_itk, read_sitk
 
 # SimpleITK imported inside the functions that use it: `seg3d --help`, `seg3d check` and `seg3d plan` stay fast
 
@@ -133,16 +137,42 @@ def read_header(path: str | Path) -> Header:
     if not path.is_file():
         raise Seg3dError("file not found", path)
     sitk = sitk_module()
+    quiet_itk()
+    if path.name.lower().endswith((".nii", ".nii.gz")) and is_nifti2(path):  # SimpleITK cannot parse NIfTI-2
+        img = read_image(path)
+        return Header(img.geometry, str(img.array.dtype), 1)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
-    except RuntimeError as e:
-        raise Seg3dError(f"cannot read image header ({error_line(e)})", path) from None
+    except (RuntimeError, OSError) as e:
+        raise Seg3dError(_read_failure(path, e, "image header"), path) from None
     geo = Geometry(tuple(int(v) for v in reader.GetSize()), tuple(float(v) for v in reader.GetSpacing()),
                    tuple(float(v) for v in reader.GetOrigin()), tuple(float(v) for v in reader.GetDirection()))
     return Header(geo, sitk.GetPixelIDValueAsString(reader.GetPixelID()),
                   int(reader.GetNumberOfComponents()))
+
+
+def _read_failure(path: Path, e: Exception, what: str = "image") -> str:
+    """Why SimpleITK could not read ``path``, in the user's terms."""
+    try:
+        if path.stat().st_size == 0:
+            return "the file is empty (0 bytes)"
+    except OSError:
+        pass
+    if isinstance(e, OSError):
+        return f"cannot read the {what} ({e.strerror or e})"
+    reason = unreadable_reason(path)
+    if reason:
+        return reason
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        reason = nifti_decode_problem(path)
+        if reason:
+            return reason
+    line = error_line(e)
+    if "Unable to determine ImageIO reader" in line:
+        return f"not a readable {ending_of(path.name) or path.suffix} file (SimpleITK does not recognise its content; damaged?)"
+    return f"cannot read {what} ({line})"
 
 
 def error_line(e: Exception) -> str:
@@ -162,9 +192,9 @@ def read_image(path: str | Path) -> Image:
     try:
         img = read_sitk(path)
         array = sitk.GetArrayFromImage(img)
-    except RuntimeError as e:
-        raise Seg3dError(f"cannot read image ({error_line(e)})", path) from None
-    except (EOFError, OSError, ValueError) as e:  # defensive: truncated data surfacing from numpy
+    except (RuntimeError, OSError) as e:
+        raise Seg3dError(_read_failure(path, e), path) from None
+    except (EOFError, ValueError) as e:  # defensive: truncated data surfacing from numpy
         raise Seg3dError(f"cannot read image ({e})", path) from None
     if img.GetNumberOfComponentsPerPixel() > 1:
         # Vector pixels (e.g. RGB or 4D-as-vector NIfTI): put components first, as channels.
@@ -172,16 +202,74 @@ def read_image(path: str | Path) -> Image:
     return Image(array, Geometry.from_sitk(img))
 
 
+def incomplete_reason(path: str | Path, expected_size: tuple[int, ...]) -> str | None:
+    """Why an existing image file is not a complete image of ``expected_size`` (x, y, z); None when it is.
+
+    Complete means: its header opens, its size is ``expected_size`` and all of its voxels decode (a truncated
+    ``.nii.gz`` is not complete). NIfTI files are checked as a stream without building an image (a 512x512x300
+    uint8 mask: ~0.1 s), other formats by reading them.
+    """
+    path = Path(path)
+    why = _stored_data_problem(path)
+    if why is not None:
+        return why
+    try:
+        size = read_header(path).geometry.size
+    except Seg3dError as e:
+        return str(e).split(": ", 1)[-1] if e.path is not None else str(e)
+    if tuple(size) != tuple(expected_size):
+        return f"its size {tuple(size)} is not the input's {tuple(expected_size)}"
+    return None
+
+
+def _stored_data_problem(path: Path) -> str | None:
+    """Why the file does not hold all of its voxels, read as a stream (never through SimpleITK, which fills a
+    short file with garbage or prints to stderr); None when it does or its format cannot tell."""
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        return nifti_decode_problem(path)
+    return itk_file_problem(path)
+
+
+def _itk_os_error(text: str) -> OSError:
+    """The OSError an ITK error message describes ('... Reason: No space left on device'), errno included."""
+    for code in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EIO, errno.ENOENT, errno.EFBIG):
+        if os.strerror(code).lower() in text.lower():
+            return OSError(code, os.strerror(code))
+    return OSError(text)
+
+
+DETACHED_ENDINGS = (".mhd", ".nhdr")  # a header file naming a separate data file
+
+
 def write_image(array: np.ndarray, geometry: Geometry, path: str | Path, compress: bool = True) -> None:
-    """Write ``array`` (numpy order) with exactly ``geometry``, atomically."""
+    """Write ``array`` (numpy order) with exactly ``geometry``, atomically.
+
+    Detached formats (``.mhd``, ``.nhdr``) are written as a pair in a hidden folder next to ``path`` and moved
+    into place data file first, header last, so the header names the final data file and appears only when
+    complete. Raises :class:`Seg3dError` naming ``path`` (never a temporary name) when the write fails.
+    """
     path = Path(path)
     if tuple(array.shape) != geometry.shape:
         raise ValueError(f"array shape {array.shape} does not match geometry shape {geometry.shape}")
     sitk = sitk_module()
     img = sitk.GetImageFromArray(np.ascontiguousarray(array))
     geometry.apply_to(img)
-    with atomic_path(path) as tmp:
-        sitk.WriteImage(img, str(tmp), useCompression=compress)
+    detached = path.name.lower().endswith(DETACHED_ENDINGS)
+    try:
+        with (atomic_files(path) if detached else atomic_path(path)) as tmp:
+            try:
+                sitk.WriteImage(img, str(tmp), useCompression=compress)
+            except RuntimeError as e:
+                raise storage_error(path, _itk_os_error(str(e).replace(str(tmp), str(path)))) from None
+            why = _stored_data_problem(tmp)  # SimpleITK's NRRD writer does not fail on a full disk
+            if why is not None:
+                free = free_bytes(path.parent)
+                full = free is not None and free < 1 << 20
+                cause = describe_os_error(OSError(errno.ENOSPC if full else errno.EIO, ""))
+                raise Seg3dError(f"cannot write: {cause}; the written file came out incomplete "
+                                 f"({why.replace(tmp.name, path.name)})", path)
+    except OSError as e:
+        raise storage_error(path, e) from None
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import numpy as np
 
 from seg3d.errors import Seg3dError
 from seg3d.io.image import SUPPORTED_ENDINGS, Geometry, ending_of, read_image
+from seg3d.io.input_folder import list_case_folder
 
 
 @dataclass(frozen=True)
@@ -182,16 +183,21 @@ def _load_nnunet(root: Path, meta: dict, meta_path: Path) -> Dataset:
              labels_dir / f"{cid}{ending}")
         for cid in ids)
     problems += _num_training_problems(meta, meta_path, len(cases), "imagesTr/ holds")
-    test_cases = _list_unlabelled(root / "imagesTs", ending, len(channels))
+    test_cases, test_problems = _list_unlabelled(root / "imagesTs", len(channels))
+    problems += test_problems
     return Dataset(root, str(meta.get("name", root.name)), "nnunetv2", channels, labels, ending, cases,
                    test_cases, tuple(problems))
 
 
-def _list_unlabelled(folder: Path, ending: str, num_channels: int) -> tuple[Case, ...]:
+def _list_unlabelled(folder: Path, num_channels: int) -> tuple[tuple[Case, ...], list[str]]:
+    """imagesTs cases, and its files that are ambiguous or do not fit the channels ("path: message")."""
     if not folder.is_dir():
-        return ()
-    return tuple(Case(cid, tuple(paths)) for cid, paths in group_channel_files(folder, num_channels,
-                                                                                 ending).items())
+        return (), []
+    listing = list_case_folder(folder, num_channels)
+    problems = [f"{i.paths[0]}: {i.reason}" + (f" (files: {', '.join(p.name for p in i.paths)})"
+                                               if len(i.paths) > 1 else "")
+                for i in listing.issues if i.status == "failed"]
+    return tuple(Case(cid, paths) for cid, paths in listing.cases.items()), problems
 
 
 def group_channel_files(folder: Path, num_channels: int, ending: str | None = None) -> dict[str, list[Path]]:

@@ -5,6 +5,11 @@
 * It reads a *truncated* ``.nii.gz`` without any error, filling the missing voxels with garbage.
 * It silently replaces NaN/Inf voxels of float NIfTI files with 0, so a check on the array it returns can
   never see them; :func:`read_sitk_checked` counts them in the stored voxels instead.
+* It cannot read NIfTI-2 at all: such files are handed to it as the equivalent NIfTI-1 bytes (same header
+  fields, the stored voxels unchanged) when their dimensions fit.
+
+ITK's own warnings are switched off (:func:`quiet_itk`): they would name the temporary copy, not the user's
+file; :mod:`seg3d.io.nifti` says what they said (a sform that is not a rotation), naming the user's file.
 """
 from __future__ import annotations
 
@@ -39,6 +44,13 @@ class _Layout:
         return None if t is None else np.dtype(t).newbyteorder(self.endian)
 
 
+def quiet_itk() -> None:
+    """Switch off ITK's warnings printed to stderr (process-wide): seg3d reports header problems itself."""
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+
+
 def read_sitk(path: str | Path):
     """``SimpleITK.ReadImage(path)``; raises RuntimeError (like SimpleITK), also for damaged gzip data."""
     return _read(Path(path), count=False)[0]
@@ -52,9 +64,16 @@ def read_sitk_checked(path: str | Path):
 def _read(path: Path, count: bool):
     import SimpleITK as sitk
 
+    quiet_itk()
     name = path.name.lower()
     nifti = name.endswith((".nii", ".nii.gz"))
     gz = nifti and _is_gzip(path)
+    if nifti and is_nifti2(path):
+        data = nifti2_as_nifti1_bytes(path)
+        img = _read_inflated(data)
+        if img is None:
+            raise RuntimeError("the NIfTI-2 file could not be read as NIfTI-1")
+        return img, (_nonfinite_in_bytes(data) if count else 0)
     if gz and path.stat().st_size <= SMALL_GZ_BYTES:
         try:
             data = gzip.decompress(path.read_bytes())  # checks every member's CRC and length
@@ -94,6 +113,45 @@ def _read_inflated(data: bytes):
             os.unlink(tmp)
         except OSError:
             pass
+
+
+def is_nifti2(path: Path) -> bool:
+    """Whether a .nii/.nii.gz file starts with a NIfTI-2 header (sizeof_hdr 540, either byte order)."""
+    try:
+        opener = gzip.open if _is_gzip(path) else open
+        with opener(path, "rb") as f:
+            head = f.read(4)
+    except _GZ_ERRORS:
+        return False
+    return len(head) == 4 and 540 in (struct.unpack("<i", head)[0], struct.unpack(">i", head)[0])
+
+
+def nifti2_as_nifti1_bytes(path: Path) -> bytes:
+    """A whole NIfTI-1 file (header, no extensions, the stored voxels as they are) equal to a NIfTI-2 file.
+
+    Raises RuntimeError when the file cannot be converted (damaged, or dimensions above NIfTI-1's 32767).
+    """
+    from seg3d.errors import Seg3dError
+    from seg3d.io.nifti import as_nifti1_header, load_header
+
+    try:
+        hdr = load_header(path)
+        h1 = as_nifti1_header(hdr)
+    except (Seg3dError, ValueError) as e:
+        raise RuntimeError(str(e).split(": ", 1)[-1]) from None
+    if h1.endianness != hdr.endianness:
+        h1 = h1.as_byteswapped(hdr.endianness)
+    h1["vox_offset"] = 352
+    opener = gzip.open if _is_gzip(path) else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except _GZ_ERRORS as e:
+        raise RuntimeError(f"gzip: {e}") from None
+    lay = _layout(raw[:544])
+    if lay is None or len(raw) < lay.offset + lay.data_bytes:
+        raise RuntimeError("the file ends before the image data does")
+    return h1.binaryblock + b"\0\0\0\0" + raw[lay.offset: lay.offset + lay.data_bytes]
 
 
 def _is_gzip(path: Path) -> bool:
@@ -184,3 +242,50 @@ def _nonfinite_in_file(path: Path, gz: bool) -> int:
             bad += _count(chunk[: len(chunk) // item * item], lay)
             left -= len(chunk)
     return bad
+
+
+def nifti_decode_problem(path: str | Path) -> str | None:
+    """Why a .nii/.nii.gz file does not fully decode (None: it does), without building an image.
+
+    A gzip file is inflated as a stream (constant memory; every member's CRC and length checked) and must hold
+    the header's ``vox_offset + voxels * bytes``; an uncompressed file must be at least that long.
+    """
+    path = Path(path)
+    try:
+        gz = _is_gzip(path)
+        opener = gzip.open if gz else open
+        with opener(path, "rb") as f:
+            lay = _layout(f.read(544))
+            if lay is None:
+                return "not a NIfTI file (no valid header)"
+            need = lay.offset + lay.data_bytes
+            if not gz:
+                have = path.stat().st_size
+            else:
+                f.seek(0)
+                have = 0
+                while True:
+                    chunk = f.read(1 << 24)
+                    if not chunk:
+                        break
+                    have += len(chunk)
+    except _GZ_ERRORS as e:
+        return f"the gzip data is damaged or cut short ({e})"
+    if have < need:
+        return f"the file ends after {have} of {need} bytes (truncated)"
+    return None
+
+
+def nonfinite_voxels(path: str | Path) -> int:
+    """NaN/Inf voxels stored in a float NIfTI file (0 for other files), which SimpleITK reads as 0.
+
+    Streams the stored voxels once (a float32 512x512x300 .nii.gz: about a second); integer files cost only
+    their header.
+    """
+    path = Path(path)
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        return 0
+    try:
+        return _nonfinite_in_file(path, _is_gzip(path))
+    except _GZ_ERRORS:
+        return 0  # a damaged file is reported by the reader

@@ -5,10 +5,16 @@ Every writer is atomic (temporary file in the same folder, then rename) and keep
 
 * ``nifti`` (``.nii.gz``, ``.nii``): NIfTI stores orientation twice (qform quaternion and sform matrix) and
   neither survives a decode/re-encode exactly: SimpleITK reading an oblique image and writing its direction
-  back moves it by ~1e-11. When the source's first channel is NIfTI, the mask is written with a copy of its
-  own header (only the data type and scaling change), so any reader (SimpleITK, nibabel, a viewer) sees
+  back moves it by ~1e-11, and it cannot carry a sform that differs from the qform at all. When the source's
+  first channel is NIfTI, the mask is written with a copy of its own header
+  (:func:`seg3d.io.nifti.write_mask_like`: qform, sform, both codes, pixdim with qfac, units, trailing axes of
+  length 1; only the data type, scaling and intent change), so any reader (SimpleITK, nibabel, a viewer) sees
   exactly the input's grid; otherwise it goes through SimpleITK with the Geometry.
-* ``nrrd`` (``.nrrd``), ``mha`` (``.mha``): SimpleITK with the input's Geometry.
+* ``nrrd`` (``.nrrd``/``.nhdr``), ``mha`` (``.mha``/``.mhd``): SimpleITK with the input's Geometry; detached
+  headers are written as a pair, header last; every SimpleITK write is measured before its final name.
+
+``write`` returns what of the source's header could not be kept, one line each (usually nothing), and raises
+:class:`~seg3d.errors.Seg3dError` naming the output file and the cause (no space left, read-only, ...).
 
 A new format (e.g. DICOM-SEG) is one class with ``format``, ``ending`` and ``write``, registered in
 :data:`WRITERS`.
@@ -20,9 +26,9 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from seg3d.atomic import atomic_path
 from seg3d.errors import Seg3dError
 from seg3d.io.image import Geometry, ending_of, write_image
+from seg3d.io.nifti import file_orientation_warnings, is_nifti, write_mask_like
 
 # nibabel imported inside the functions that use it: `seg3d --help`, `seg3d check` and `seg3d plan` stay fast
 
@@ -36,10 +42,11 @@ class MaskWriter(Protocol):
     format: str
     ending: str
 
-    def write(self, mask: np.ndarray, geometry: Geometry, source: CaseSource | None, path: Path) -> None:
+    def write(self, mask: np.ndarray, geometry: Geometry, source: CaseSource | None, path: Path) -> list[str]:
         """``mask`` ``(z, y, x)`` (label values, input array order) on ``geometry`` (the input's), written to
         ``path`` atomically; ``source`` is the case it was predicted from (its header or series, when the
-        format can carry them over), ``None`` when there is none."""
+        format can carry them over), ``None`` when there is none. Returns what of the source's header could
+        not be kept, one line each. Raises Seg3dError naming ``path`` when it cannot be written."""
 
 
 class NiftiWriter:
@@ -48,8 +55,8 @@ class NiftiWriter:
     format = "nifti"
     ending = ".nii.gz"
 
-    def write(self, mask: np.ndarray, geometry: Geometry, source: CaseSource | None, path: Path) -> None:
-        write_like(mask, geometry, path, source.reference if source is not None else None)
+    def write(self, mask: np.ndarray, geometry: Geometry, source: CaseSource | None, path: Path) -> list[str]:
+        return write_like(mask, geometry, path, source.reference if source is not None else None)
 
 
 class SitkWriter:
@@ -58,8 +65,9 @@ class SitkWriter:
     def __init__(self, format_name: str, ending: str):
         self.format, self.ending = format_name, ending
 
-    def write(self, mask: np.ndarray, geometry: Geometry, source: CaseSource | None, path: Path) -> None:
+    def write(self, mask: np.ndarray, geometry: Geometry, source: CaseSource | None, path: Path) -> list[str]:
         write_image(mask, geometry, path)
+        return _lost_orientation(source.reference if source is not None else None, geometry, path)
 
 
 WRITERS: dict[str, MaskWriter] = {
@@ -94,54 +102,33 @@ def format_for_path(path: str | Path) -> str:
     return _ENDING_FORMATS[e]
 
 
-def write_mask(mask: np.ndarray, geometry: Geometry, path: str | Path, source: CaseSource | None = None) -> None:
-    """Write ``mask`` with the writer its path's ending asks for (``.nii.gz`` -> header-preserving NIfTI)."""
+def write_mask(mask: np.ndarray, geometry: Geometry, path: str | Path,
+               source: CaseSource | None = None) -> list[str]:
+    """Write ``mask`` with the writer its path's ending asks for (``.nii.gz`` -> header-preserving NIfTI);
+    returns the writer's notes (what of the source's header could not be kept)."""
     path = Path(path)
-    writer_for(format_for_path(path)).write(mask, geometry, source, path)
+    return writer_for(format_for_path(path)).write(mask, geometry, source, path)
 
 
-def write_like(array: np.ndarray, geometry: Geometry, out_path: str | Path, reference: str | Path | None) -> None:
-    """Write ``array`` (SimpleITK array order) atomically, with ``reference``'s header when it is NIfTI."""
+def write_like(array: np.ndarray, geometry: Geometry, out_path: str | Path,
+               reference: str | Path | None) -> list[str]:
+    """Write ``array`` (SimpleITK array order) atomically, with ``reference``'s header when both are NIfTI.
+
+    Returns what of the reference's header could not be kept, one line each (usually nothing). Raises
+    :class:`Seg3dError` naming ``out_path`` when it cannot be written (no space, read-only, ...).
+    """
     out_path = Path(out_path)
-    ref = Path(reference) if reference is not None else None
-    if ref is not None and ref.name.lower().endswith((".nii", ".nii.gz")) and \
-            out_path.name.lower().endswith((".nii", ".nii.gz")):
-        try:
-            _write_nifti_like(array, geometry, out_path, ref)
-            return
-        except _Fallback:
-            pass
+    if reference is not None and is_nifti(reference) and is_nifti(out_path):
+        return write_mask_like(array, out_path, reference)
     write_image(array, geometry, out_path)
+    return _lost_orientation(reference, geometry, out_path)
 
 
-class _Fallback(Exception):
-    pass
-
-
-def _write_nifti_like(array: np.ndarray, geometry: Geometry, out_path: Path, ref: Path) -> None:
-    import nibabel as nib
-
-    try:
-        ref_img = nib.load(str(ref))
-    except Exception as e:
-        raise _Fallback from e
-    hdr = ref_img.header.copy()
-    data = np.asarray(array).T  # SimpleITK (z, y, x) -> NIfTI (x, y, z): ITK never flips the voxel data
-    if tuple(hdr.get_data_shape()[:3]) != data.shape or len(hdr.get_data_shape()) != 3:
-        raise _Fallback
-    if tuple(int(v) for v in geometry.size) != data.shape:
-        raise _Fallback
-    hdr.set_data_dtype(data.dtype)
-    hdr.set_slope_inter(1.0, 0.0)
-    hdr["cal_min"], hdr["cal_max"] = 0, 0
-    img = nib.Nifti1Image(data, None, header=hdr) if isinstance(hdr, nib.Nifti1Header) else None
-    if img is None:
-        raise _Fallback
-    # keep the reference's qform/sform (and their codes) exactly, not recomputed from an affine
-    img.header.set_qform(ref_img.header.get_qform(), int(ref_img.header["qform_code"]))
-    img.header.set_sform(ref_img.header.get_sform(), int(ref_img.header["sform_code"]))
-    for key in ("quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z", "pixdim",
-                "srow_x", "srow_y", "srow_z"):
-        img.header[key] = ref_img.header[key]
-    with atomic_path(out_path) as tmp:
-        nib.save(img, str(tmp))
+def _lost_orientation(reference, geometry: Geometry, out_path: Path) -> list[str]:
+    """A NIfTI source whose qform and sform disagree written to a format with one orientation: say so."""
+    if reference is None or not is_nifti(reference) or is_nifti(out_path) or geometry.dim != 3:
+        return []
+    if not file_orientation_warnings(reference, geometry):
+        return []
+    return [(f"{ending_of(out_path)} holds one orientation: the mask has the one seg3d read from "
+             f"{Path(reference).name}, whose qform and sform disagree (see the warning about it)")]

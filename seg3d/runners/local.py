@@ -13,9 +13,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from seg3d.atomic import storage_error
 from seg3d.core.device import precision_warning
 from seg3d.core.settings import PredictSettings, settings_from
 from seg3d.inference import stages
+from seg3d.inference.accounting import preflight
 from seg3d.inference.predictor import Predictor
 from seg3d.inference.stages import CaseRecord, Job
 from seg3d.progress import LogFn, ProgressFn, log_info, report
@@ -37,14 +39,20 @@ def predict_folder(in_dir: str | Path, out_dir: str | Path, model_dir: str | Pat
     t_start = time.perf_counter()
     started = stages.now()
     in_dir, out_dir = Path(in_dir), Path(out_dir)
+    for w in preflight(in_dir, out_dir):  # before any model is loaded
+        log(f"warning: {w}")
     if predictor is None:
-
         predictor = Predictor(model_dir, settings)
         warning = precision_warning(predictor.precision, predictor.device)
         if warning:
             log(f"warning: {warning}")
     inventory = stages.list_inputs(in_dir, out_dir, predictor.plan.num_channels, settings)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise storage_error(out_dir, e, "cannot create the output folder") from None
+    for cid, why in inventory.redo.items():
+        log(f"redoing {why} (an incomplete output of case '{cid}')")
     records: dict[str, CaseRecord] = {r.case: r for r in inventory.skipped}
     failures = list(inventory.failed)
     t_loop = time.perf_counter()
@@ -52,9 +60,11 @@ def predict_folder(in_dir: str | Path, out_dir: str | Path, model_dir: str | Pat
         _pipeline(inventory.todo, predictor, records, failures, progress, log)
     finally:
         seconds = time.perf_counter() - t_start
-        manifest = stages.write_manifest(in_dir, out_dir, inventory, records, failures, settings, predictor,
-                                         started, seconds)
-    return stages.summarize(inventory, records, failures, seconds, time.perf_counter() - t_loop, manifest)
+        manifest, note = stages.try_write_manifest(in_dir, out_dir, inventory, records, failures, settings,
+                                                   predictor, started, seconds)
+        if note:
+            log(note)
+    return stages.summarize(inventory, records, failures, seconds, time.perf_counter() - t_loop, manifest, note)
 
 
 class _Tally:
@@ -71,6 +81,8 @@ class _Tally:
         if r.status == "failed":
             self.failures.append(r)
             self.log(f"failed: {r.error}")
+        for n in r.notes:
+            self.log(f"note: {n}")
         self.done += 1
         rate = f"{self.done / max(time.perf_counter() - self.t0, 1e-9):.2f} cases/s" if r.status == "ok" else ""
         report(self.progress, self.done, self.total, rate)
@@ -95,6 +107,8 @@ def _pipeline(todo: list[Job], predictor, records: dict[str, CaseRecord], failur
             fut, nxt = nxt, (reader.submit(stages.read_job, todo[i + 1], predictor) if i + 1 < len(todo) else None)
             try:
                 read = fut.result()
+                for w in read.warnings:
+                    log(f"warning: {w}")
                 probs = stages.predict_job(read, predictor)
                 read.data = None  # the network input is no longer needed: bounded memory while writing
             except Exception as e:  # noqa: BLE001 - one bad case must not stop the batch

@@ -74,7 +74,8 @@ def validate_fold(model_dir: Path, fold: int | str, val_ids: list[str], dataset_
         keep = plan.num_classes * int(np.prod(data.shape[1:])) <= MAX_SAVED_PROBABILITIES
         pred = predictor.predict_case(data, geometry, return_probabilities=keep)
         labels = pred.labels if keep else pred
-        write_mask(labels, geometry, out_dir / f"{cid}{ds.file_ending}", source)
+        for note in write_mask(labels, geometry, out_dir / f"{cid}{ds.file_ending}", source):
+            log(f"note: {out_dir / (cid + ds.file_ending)}: {note}")
         if keep:  # what `seg3d summary` averages across models to score their ensemble
             write_probabilities(out_dir / f"{cid}.npz", pred.probabilities, plan.label_values)
         ref, _ = read_case_label(case)
