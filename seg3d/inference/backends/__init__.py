@@ -1,0 +1,1 @@
+"""Inference runtimes behind one option (``--backend``); the registry arrives with the s10 seams."""
