@@ -38,8 +38,8 @@ DESCRIPTION = {"small": "16-128 features, 32x48x32 (cpu preset, hippocampus)",
 
 
 def build(row: str, classes: int = 3):
+    from seg3d.core.plan import Topology
     from seg3d.nets.unet import UNet
-    from seg3d.planning.plan import Topology
 
     features, strides, patch = ROWS[row]
     topo = Topology(((3, 3, 3),) * len(features), strides, features)
@@ -76,8 +76,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    from seg3d.core.device import cpu_has_fast_bf16
     from seg3d.inference.backends import openvino as ovb
-    from seg3d.inference.sliding_window import cpu_has_fast_bf16
 
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -138,6 +138,37 @@ class Bundle:
     def manifest(self) -> BundleManifest:
         return BundleManifest.load(self.path)
 
+    # --- what the Predictor reads, under the model folder's names (ModelFolder spells them) ----------------
+    @property
+    def plans_json(self) -> Path:
+        return self._as_model_folder().plans_json
+
+    @property
+    def model_json(self) -> Path:
+        return self._as_model_folder().model_json
+
+    @property
+    def postprocessing_json(self) -> Path:
+        return self._as_model_folder().postprocessing_json
+
+    def load_plan(self):
+        return self._as_model_folder().load_plan()
+
+    def load_info(self):
+        return self._as_model_folder().load_info()
+
+    def load_postprocessing_dict(self) -> dict | None:
+        return self._as_model_folder().load_postprocessing_dict()
+
+    def available_folds(self, kind: str = "final") -> list[str]:
+        """The folds the bundle holds (``kind`` is the model folder's notion; a bundle holds one kind)."""
+        return list(self.manifest().folds)
+
+    def _as_model_folder(self):
+        from seg3d.core.model_folder import ModelFolder
+
+        return ModelFolder(self.path)
+
     def require(self) -> Bundle:
         """The bundle, checked: it exists, its manifest reads, every listed file is there with its sha256.
 

@@ -94,9 +94,9 @@ def _require_onnx() -> None:
 
 def _load_model(model_dir, settings):
     """The model folder as the backends see it (plan, configuration, folds), on the CPU."""
-    from seg3d.inference.predictor import resolve_model
+    from seg3d.inference.predictor import load_model
 
-    return resolve_model(ModelFolder(model_dir).require(), settings)
+    return load_model(ModelFolder(model_dir).require(), settings)
 
 
 def _copy_json(folder: ModelFolder, dst: Path) -> list[str]:

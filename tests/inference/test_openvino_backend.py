@@ -14,8 +14,8 @@ from seg3d.inference.backends import openvino as ovb
 
 @pytest.fixture(scope="module")
 def tiny_net():
+    from seg3d.core.plan import Topology
     from seg3d.nets.unet import UNet
-    from seg3d.planning.plan import Topology
 
     torch.manual_seed(0)
     topo = Topology(((1, 3, 3), (3, 3, 3), (3, 3, 3)), ((1, 1, 1), (1, 2, 2), (2, 2, 2)), (8, 16, 32))
@@ -81,7 +81,7 @@ def test_precision_rules(monkeypatch):
     with pytest.raises(Seg3dError, match="precision must be one of"):
         ovb.resolve_precision("int4")
     assert ovb.resolve_precision("fp32") == "fp32"
-    import seg3d.inference.sliding_window as sw
+    import seg3d.core.device as sw
 
     monkeypatch.setattr(sw, "cpu_has_fast_bf16", lambda: False)
     assert ovb.resolve_precision("auto") == "fp32"

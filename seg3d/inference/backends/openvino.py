@@ -10,7 +10,7 @@ and spatial dimensions dynamic) takes seconds to tens of seconds, so the convert
 ``network.xml`` + ``network.bin``, fp32 weights) is cached. The cache folder's name holds the weights
 checksum and the runtime version; inside it, OpenVINO's own compiled-model cache lives in one sub-folder
 per precision and machine kind (``compiled-<precision>-<cpu kind>``). The cache goes in the model folder
-(``openvino_cache/``), or in the user's cache folder (``~/.cache/seg3d/openvino``) when the model folder
+(``openvino_cache/``, :meth:`ModelFolder.conversion_cache_dir`), or in the user's cache folder (``~/.cache/seg3d/openvino``) when the model folder
 cannot be written. Both are content-addressed: a stale entry is never read, it is just never used again.
 
 Precision: ``fp32`` sets OpenVINO's inference precision hint to f32 explicitly (its CPU plugin would
@@ -34,9 +34,9 @@ import numpy as np
 import torch
 
 from seg3d.errors import Seg3dError
+from seg3d.inference.backends import LoadedModel, register_backend
 
 NAME = "openvino"
-CACHE_FOLDER = "openvino_cache"  # inside a model folder (moves to ModelFolder with the s10 seams)
 IR_NAME = "network"
 _OV_TYPES = {"fp32": "f32", "bf16": "bf16"}
 
@@ -77,7 +77,7 @@ def _core():
 
 def cpu_kind() -> str:
     """The machine kind a compiled network is specific to: ``avx512-bf16``, ``avx2``, ..."""
-    from seg3d.inference.sliding_window import cpu_has_fast_bf16
+    from seg3d.core.device import cpu_has_fast_bf16
 
     cap = torch.backends.cpu.get_cpu_capability().lower()
     return f"{cap}-bf16" if cpu_has_fast_bf16() else cap
@@ -90,7 +90,7 @@ def resolve_precision(precision: str) -> str:
         Seg3dError: ``fp16`` (no fast fp16 convolutions on these CPUs), or ``bf16`` on a CPU without native
             bf16 (OpenVINO would silently run fp32, so the request cannot be honoured).
     """
-    from seg3d.inference.sliding_window import check_precision, cpu_has_fast_bf16
+    from seg3d.core.device import check_precision, cpu_has_fast_bf16
 
     check_precision(precision)
     if precision == "auto":
@@ -117,19 +117,22 @@ def state_dict_checksum(state_dict: dict[str, torch.Tensor]) -> str:
 def convert_network(module: torch.nn.Module, in_channels: int, patch: Sequence[int]):
     """An ``openvino.Model`` of ``module`` in eval mode: input ``(?, C, ?, ...)`` float32 -> logits.
 
-    The module is traced on a zero batch of two ``patch``-sized windows; batch and spatial dimensions are
-    dynamic, so one compiled network serves every window batch and window shape.
+    The module is traced (TorchScript) on one zero window of ``patch``; batch and spatial dimensions are then
+    declared dynamic, so one compiled network serves every window batch and window shape (checked against
+    torch on other batch sizes and windows in tests/inference/test_openvino_backend.py). The tracer's own
+    re-run check is skipped: it doubles the time and the tests do that check.
     """
     import openvino as ov
 
     module = module.eval()
-    example = torch.zeros((2, int(in_channels), *(int(p) for p in patch)), dtype=torch.float32)
+    example = torch.zeros((1, int(in_channels), *(int(p) for p in patch)), dtype=torch.float32)
     shape = ov.PartialShape([-1, int(in_channels)] + [-1] * len(patch))
     with torch.no_grad(), warnings.catch_warnings():
-        # tracing warns about Python-level shape checks in InstanceNorm/interpolate: constant for a given
-        # network, and the dynamic shapes are checked by the tests (tests/inference/test_openvino_backend.py)
+        # Python-level shape checks in InstanceNorm are constants of the trace (the same for every window)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        return ov.convert_model(module, example_input=example, input=[shape])
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.trace: what convert_model uses too
+        traced = torch.jit.trace(module, example, check_trace=False)
+        return ov.convert_model(traced, example_input=example, input=[shape])
 
 
 def user_cache_dir() -> Path:
@@ -240,12 +243,33 @@ class OpenVinoNetwork:
         return torch.from_numpy(self._request.get_output_tensor(0).data.copy())
 
 
-def openvino_network(weights_checksum: str, build: Callable[[], torch.nn.Module], in_channels: int,
-                     patch: Sequence[int], cache_roots: Sequence[Path], precision: str = "fp32",
-                     threads: int | None = None, log: Callable[[str], None] | None = None) -> OpenVinoNetwork:
-    """Find or convert the network (see :func:`find_or_convert`) and compile it for this CPU."""
+@register_backend(NAME)
+def openvino_network_calls(model: LoadedModel, settings) -> list[OpenVinoNetwork]:
+    """One compiled OpenVINO network per fold of ``model``, in ``settings.precision`` (:func:`resolve_precision`).
+
+    A model folder's checkpoints are converted once (cached, see :func:`find_or_convert`); a bundle's
+    networks are read as they are. Threads: torch's intra-op count, which the CLI sets (``set_threads``).
+
+    Raises:
+        Seg3dError: OpenVINO missing, a non-CPU device, a precision OpenVINO cannot honour here.
+    """
+    from seg3d.core.bundle import Bundle
+
     require()
-    entry = find_or_convert(weights_checksum, build, in_channels, patch, cache_roots)
-    if entry.converted_now and log is not None:
-        log(f"OpenVINO: converted the network once, cached in {entry.folder}")
-    return OpenVinoNetwork(entry.xml, precision, threads, entry.compiled_cache(precision))
+    if model.device.type != "cpu":
+        raise Seg3dError(f"--backend openvino runs on the CPU, not on {model.device}: use --device cpu (or "
+                         "--backend torch on a GPU)")
+    precision = resolve_precision(settings.precision)
+    threads = torch.get_num_threads()
+    if isinstance(model.folder, Bundle):
+        return [OpenVinoNetwork(model.folder.network_path(f), precision, threads) for f in model.folds]
+    from seg3d.inference.backends.torch import load_fold_network
+
+    roots = [model.folder.conversion_cache_dir(NAME), user_cache_dir()]
+    calls = []
+    for fold in model.folds:
+        checksum = model.folder.weights_checksum([fold], settings.checkpoint)
+        entry = find_or_convert(checksum, lambda f=fold: load_fold_network(model, f, settings.checkpoint),
+                                model.plan.num_channels, model.config.patch_size, roots)
+        calls.append(OpenVinoNetwork(entry.xml, precision, threads, entry.compiled_cache(precision)))
+    return calls
