@@ -2,16 +2,17 @@
 
 Only the network call goes through OpenVINO; preprocessing, the sliding window, Gaussian weighting, TTA,
 fold averaging, the revert and post-processing stay seg3d's own. Why: PyTorch's CPU 3D convolutions are
-the whole cost of a case, and OpenVINO's CPU plugin runs the same network 1.4-2.4x faster in fp32 and
-3.4-4.8x in bf16 on CPUs with native bf16 (issue 12; this machine's figures in benchmarks/RESULTS.md).
+most of a case's cost, and OpenVINO's CPU plugin runs the same network faster: measured 1.9-2.2x torch fp32
+in fp32 and 3.1-5.6x in bf16 on an AVX-512/bf16 CPU, 2.9-3.4x in fp32 under AVX2 (benchmarks/RESULTS.md,
+"Inference backends").
 
 Conversion (``openvino.convert_model`` of the eval-mode torch module, traced on an example window, batch
 and spatial dimensions dynamic) takes seconds to tens of seconds, so the converted network (OpenVINO IR:
 ``network.xml`` + ``network.bin``, fp32 weights) is cached. The cache folder's name holds the weights
 checksum and the runtime version; inside it, OpenVINO's own compiled-model cache lives in one sub-folder
 per precision and machine kind (``compiled-<precision>-<cpu kind>``). The cache goes in the model folder
-(``openvino_cache/``, :meth:`ModelFolder.conversion_cache_dir`), or in the user's cache folder (``~/.cache/seg3d/openvino``) when the model folder
-cannot be written. Both are content-addressed: a stale entry is never read, it is just never used again.
+(``openvino_cache/``, :meth:`ModelFolder.conversion_cache_dir`), or in the user's cache folder
+(``~/.cache/seg3d/openvino``) when the model folder cannot be written. Both are content-addressed: a stale entry is never read, it is just never used again.
 
 Precision: ``fp32`` sets OpenVINO's inference precision hint to f32 explicitly (its CPU plugin would
 otherwise pick bf16 on CPUs that have it); ``bf16`` sets bf16 and is only offered where the CPU has native
