@@ -32,8 +32,13 @@ test: lint-imports
 test-fast: lint-imports
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# nnU-Net v2 gets its own environment: nnunetv2 pulls torchvision 0.29, which requires torch>=2.14 and would
+# replace seg3d's pinned CPU torch 2.13 with a multi-GB CUDA build (seen 2026-11-30). Benchmarks take
+# --nnunet-bin .venv-nnunet/bin.
 bench: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[bench,openvino]'
+	$(BIN)/pip install --quiet -e '.[dev,openvino]' psutil
+	$(PY) -m venv .venv-nnunet
+	.venv-nnunet/bin/pip install --quiet 'nnunetv2==2.8.1' psutil
 
 clean:
 	rm -rf $(VENV) build *.egg-info
