@@ -41,4 +41,4 @@ bench: $(STAMP)
 	.venv-nnunet/bin/pip install --quiet 'nnunetv2==2.8.1' psutil
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) .venv-nnunet build *.egg-info
