@@ -175,7 +175,8 @@ def agreement(a_dir: Path, b_dir: Path, ids: list[str]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--nnunet-bin", type=Path, default=REPO / ".venv-nnunet" / "bin", help="nnU-Net v2's venv (make bench)")
+    ap.add_argument("--nnunet-bin", type=Path, default=REPO / ".venv-nnunet" / "bin",
+                    help="nnU-Net v2's environment (make bench)")
     ap.add_argument("--nnunet-plans", type=Path, required=True, help="nnU-Net preprocessed dataset folder "
                     "holding nnUNetPlans.json, dataset.json, dataset_fingerprint.json")
     ap.add_argument("--seg3d-model", type=Path, default=None, help="trained seg3d model folder (fold_0)")
