@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, pinned: a bare requirement could pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,openvino]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -32,9 +32,13 @@ test: lint-imports
 test-fast: lint-imports
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# nnU-Net v2 for the side-by-side benchmarks; torch stays pinned (left free, pip upgrades it to a CUDA build).
+# nnU-Net v2 gets its own environment: nnunetv2 pulls torchvision 0.29, which requires torch>=2.14 and would
+# replace seg3d's pinned CPU torch 2.13 with a multi-GB CUDA build (seen 2026-11-30). Benchmarks take
+# --nnunet-bin .venv-nnunet/bin.
 bench: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[bench]' torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev,openvino]' psutil
+	$(PY) -m venv .venv-nnunet
+	.venv-nnunet/bin/pip install --quiet 'nnunetv2==2.8.1' psutil
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) .venv-nnunet build *.egg-info

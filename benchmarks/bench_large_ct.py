@@ -10,8 +10,12 @@ full resolution, where memory used to blow up (nnU-Net issue #2912: 16 GB), is t
 For scale, the input itself is 512*512*500*2 bytes = 0.26 GB as int16 and 0.52 GB as float32; one float32
 probability map per class at full resolution would be 118 * 0.52 = 61.9 GB.
 
+Each ``--variants`` entry (backend:precision) is one run of `seg3d predict` (OpenVINO's one-time conversion
+is done first, untimed); wall time and peak RSS per run.
+
 Usage:
-  .venv/bin/python benchmarks/bench_large_ct.py --slices 500 --work /tmp/bench_large_ct
+  .venv/bin/python benchmarks/bench_large_ct.py --slices 500 --work /tmp/bench_large_ct \
+      --variants torch:fp32,openvino:fp32,torch:bf16,openvino:bf16
 """
 from __future__ import annotations
 
@@ -74,20 +78,37 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=500)
     ap.add_argument("--classes", type=int, default=118)
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_large_ct"))
+    ap.add_argument("--variants", default="torch:fp32,openvino:fp32",
+                    help="backend:precision runs of `seg3d predict`, one after the other (e.g. add torch:bf16,"
+                         "openvino:bf16 on CPUs with native bf16)")
     a = ap.parse_args()
     shutil.rmtree(a.work, ignore_errors=True)
     (a.work / "in").mkdir(parents=True)
     make_ct(a.work / "in" / "ct_0000.nii.gz", a.slices)
     make_model(a.work / "model", a.classes)
-    cmd = [str(REPO / ".venv" / "bin" / "seg3d"), "predict", "-i", str(a.work / "in"), "-o", str(a.work / "out"),
-           "-m", str(a.work / "model"), "--folds", "0", "--device", "cpu", "--no-tta", "--no-postprocess"]
-    sec, gb, rc = run_tree(cmd)
     import SimpleITK as sitk
+    import torch
 
-    out = sitk.ReadImage(str(a.work / "out" / "ct.nii.gz"))
+    from seg3d.core.device import cpu_has_fast_bf16
+
     inp = sitk.ReadImage(str(a.work / "in" / "ct_0000.nii.gz"))
-    res = {"input": [a.slices, 512, 512], "classes": a.classes, "wall_s": sec, "peak_rss_tree_gb": gb, "rc": rc,
-           "output_size_matches": out.GetSize() == inp.GetSize(), "output_pixel_type": out.GetPixelIDTypeAsString()}
+    runs = {}
+    for variant in a.variants.split(","):
+        backend, precision = variant.split(":")
+        out_dir = a.work / f"out_{backend}_{precision}"
+        cmd = [str(REPO / ".venv" / "bin" / "seg3d"), "predict", "-i", str(a.work / "in"), "-o", str(out_dir),
+               "-m", str(a.work / "model"), "--folds", "0", "--device", "cpu", "--no-tta", "--no-postprocess",
+               "--backend", backend, "--precision", precision]
+        if backend == "openvino":  # the one-time conversion (cached in the model folder) is not timed
+            run_tree(cmd)
+        sec, gb, rc = run_tree(cmd)
+        out = sitk.ReadImage(str(out_dir / "ct.nii.gz"))
+        runs[variant] = {"wall_s": round(sec, 1), "peak_rss_tree_gb": round(gb, 2), "rc": rc,
+                         "output_size_matches": out.GetSize() == inp.GetSize(),
+                         "output_pixel_type": out.GetPixelIDTypeAsString()}
+        print(variant, json.dumps(runs[variant]), flush=True)
+    res = {"input": [a.slices, 512, 512], "classes": a.classes, "runs": runs,
+           "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": cpu_has_fast_bf16()}
     print(json.dumps(res, indent=2))
     (a.work / "result.json").write_text(json.dumps(res, indent=2))
 

@@ -1,19 +1,22 @@
-"""Low-precision inference against float32 on the same model and cases (issue 4's agreement check).
+"""Every inference backend and precision against torch fp32 on the same model and cases (issue 12's check).
 
-Predicts the model's fold-0 validation cases twice with the seg3d Predictor, in float32 and in the low
-precision (bf16 autocast on CPUs with native bf16, fp16 on CUDA, or ``--precision``), and reports the share of
-identical voxels in the final masks (goal ≥ 99.9%), the Dice of each against the references, and the network
-seconds per case of each. On a CPU without native bf16 the script stops and says so: there PyTorch emulates
-bf16 convolutions ~100x slower than fp32 and seg3d's ``--precision auto`` never picks them.
+Predicts the model's fold-0 validation cases (never trained on) with the seg3d Predictor once per
+(backend, precision) this machine offers: torch fp32 (the reference), torch bf16 autocast and OpenVINO
+bf16 where the CPU has native bf16 (fp16 with ``--device cuda``), OpenVINO fp32. The same pipeline
+(preprocessing, sliding window, mirroring TTA, revert), no post-processing, so only the network call
+differs. Reported per variant: share of voxels identical to torch fp32's mask (goal: fp32 >= 99.99%, lower
+precisions >= 99.9%), mean Dice per label against the references and its difference to torch fp32 (goal
+for lower precisions: within 0.002), network seconds per case and whole-case seconds (preprocess +
+network + revert), and their ratio to torch fp32. Variants run interleaved, case by case, in one process.
 
 Usage:
-  .venv/bin/python benchmarks/bench_precision.py --model /tmp/bench_tta/model --cases 39 [--device cuda]
+  .venv/bin/python benchmarks/bench_precision.py --model MODEL_DIR --cases 39 [--device cuda] \
+      [--variants torch:fp32,torch:bf16,openvino:fp32,openvino:bf16] [--json out.json]
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -24,15 +27,23 @@ from common import REPO, dice, validation_cases
 from seg3d.core.device import cpu_has_fast_bf16
 from seg3d.inference.predictor import Predictor
 
+GOAL_FP32, GOAL_LOW, GOAL_DICE = 0.9999, 0.999, 0.002
 
-def low_precision_for(device: str) -> str:
+
+def default_variants(device: str) -> list[tuple[str, str]]:
+    """What this machine offers: torch fp32 first (the reference)."""
     if device.startswith("cuda"):
-        return "fp16"
-    if not cpu_has_fast_bf16():
-        sys.exit("this CPU has no native bf16 convolutions (torch.ops.mkldnn._is_mkldnn_bf16_supported() is "
-                 "False): seg3d predicts in fp32 here and there is no low precision to check. Run this on a CPU "
-                 "with AVX512-BF16/AMX or with --device cuda (or pass --precision to force one).")
-    return "bf16"
+        return [("torch", "fp32"), ("torch", "fp16")]
+    out = [("torch", "fp32")]
+    from seg3d.inference.backends import openvino as ovb
+
+    if cpu_has_fast_bf16():
+        out.append(("torch", "bf16"))
+    if ovb.available():
+        out.append(("openvino", "fp32"))
+        if cpu_has_fast_bf16():
+            out.append(("openvino", "bf16"))
+    return out
 
 
 def main() -> None:
@@ -41,36 +52,65 @@ def main() -> None:
     ap.add_argument("--dataset", type=Path, default=REPO.parent / "shared/data/Dataset004_Hippocampus")
     ap.add_argument("--cases", type=int, default=39)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--precision", default=None, help="low precision to compare (default: bf16 on CPU, fp16 "
-                                                      "on CUDA)")
+    ap.add_argument("--variants", default=None, help="backend:precision,... (default: all this machine offers; "
+                                                    "the first is the reference)")
+    ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    low = args.precision or low_precision_for(args.device)
-    predictors = {p: Predictor(args.model, folds=[0], device=args.device, precision=p, postprocess=False)
-                  for p in ("fp32", low)}
-    label_values = predictors["fp32"].plan.label_values[1:]
-    seconds = dict.fromkeys(predictors, 0.0)
-    scores: dict[str, list[list[float]]] = {p: [] for p in predictors}
-    same = total = 0
+    variants = ([tuple(v.split(":")) for v in args.variants.split(",")] if args.variants
+                else default_variants(args.device))
+    names = [f"{b} {p}" for b, p in variants]
+    ref_name = names[0]
+    predictors = {n: Predictor(args.model, folds=["0"], device=args.device, precision=p, backend=b,
+                               postprocess=False) for n, (b, p) in zip(names, variants)}
+    label_values = predictors[ref_name].plan.label_values[1:]
+    net_s = dict.fromkeys(names, 0.0)
+    case_s = dict.fromkeys(names, 0.0)
+    scores: dict[str, list[list[float]]] = {n: [] for n in names}
+    same = dict.fromkeys(names, 0)
+    total = 0
     for case, img, ref in validation_cases(args.model, args.dataset, args.cases):
         masks = {}
         for name, pred in predictors.items():
+            t0 = time.perf_counter()
             pdata, props = pred.preprocess(img.array, img.geometry)
-            t = time.perf_counter()
+            t1 = time.perf_counter()
             probs = pred.predict_preprocessed(pdata)
             if pred.device.type == "cuda":
                 torch.cuda.synchronize()
-            seconds[name] += time.perf_counter() - t
+            t2 = time.perf_counter()
             masks[name], _ = pred.export(probs, props)
+            t3 = time.perf_counter()
+            net_s[name] += t2 - t1
+            case_s[name] += t3 - t0
             scores[name].append([dice(masks[name], ref, v) for v in label_values])
-        same += int((masks["fp32"] == masks[low]).sum())
-        total += masks["fp32"].size
-        print(f"{case}: agreement {(masks['fp32'] == masks[low]).mean():.5f}", flush=True)
-    n = len(scores["fp32"])
-    result = {"cases": n, "device": args.device, "low_precision": low,
-              "identical_voxels": round(same / max(total, 1), 6),
-              "dice": {p: [round(float(v), 4) for v in np.mean(scores[p], 0)] for p in predictors},
-              "network_s_per_case": {p: round(seconds[p] / max(n, 1), 3) for p in predictors}}
+        for name in names:
+            same[name] += int((masks[name] == masks[ref_name]).sum())
+        total += masks[ref_name].size
+        print(f"{case}: " + ", ".join(f"{n} {(masks[n] == masks[ref_name]).mean():.5f}" for n in names[1:]),
+              flush=True)
+    n = len(scores[ref_name])
+    dice_mean = {k: np.mean(v, 0) for k, v in scores.items()}
+    rows = {}
+    for name, (backend, precision) in zip(names, variants):
+        share = same[name] / max(total, 1)
+        ddice = dice_mean[name] - dice_mean[ref_name]
+        goal = GOAL_FP32 if precision == "fp32" else GOAL_LOW
+        rows[name] = {
+            "identical_voxels": round(share, 6),
+            "dice": [round(float(v), 4) for v in dice_mean[name]],
+            "dice_minus_reference": [round(float(v), 4) for v in ddice],
+            "network_s_per_case": round(net_s[name] / max(n, 1), 3),
+            "case_s_per_case": round(case_s[name] / max(n, 1), 3),
+            "network_speedup_vs_reference": round(net_s[ref_name] / max(net_s[name], 1e-9), 2),
+            "case_speedup_vs_reference": round(case_s[ref_name] / max(case_s[name], 1e-9), 2),
+            "goal_met": bool(share >= goal and (precision == "fp32" or np.all(np.abs(ddice) <= GOAL_DICE))),
+        }
+    result = {"cases": n, "device": args.device, "reference": ref_name,
+              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": cpu_has_fast_bf16(),
+              "threads": torch.get_num_threads(), "variants": rows}
     print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -175,7 +175,8 @@ def agreement(a_dir: Path, b_dir: Path, ids: list[str]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--nnunet-bin", type=Path, default=Path("/work/nnunet-venv/bin"))
+    ap.add_argument("--nnunet-bin", type=Path, default=REPO / ".venv-nnunet" / "bin",
+                    help="nnU-Net v2's environment (make bench)")
     ap.add_argument("--nnunet-plans", type=Path, required=True, help="nnU-Net preprocessed dataset folder "
                     "holding nnUNetPlans.json, dataset.json, dataset_fingerprint.json")
     ap.add_argument("--seg3d-model", type=Path, default=None, help="trained seg3d model folder (fold_0)")
@@ -183,6 +184,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--no-tta", action="store_true")
     ap.add_argument("--also-fast", action="store_true", help="also time `seg3d predict --fast` and score it")
+    ap.add_argument("--also-torch", action="store_true", help="also time `seg3d predict --backend torch` (the "
+                    "runtime before OpenVINO) and score it")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_predict"))
     a = ap.parse_args()
     work = a.work
@@ -202,16 +205,27 @@ def main() -> None:
     env = dict(os.environ, nnUNet_raw=str(work), nnUNet_preprocessed=str(work), nnUNet_results=str(work))
     tta = [] if not a.no_tta else ["--no-tta"]
     nn_tta = [] if not a.no_tta else ["--disable_tta"]
-    rows: dict[str, list] = {"seg3d": [], "nnunet": [], **({"seg3d_fast": []} if a.also_fast else {})}
+    extra = (["seg3d_fast"] if a.also_fast else []) + (["seg3d_torch"] if a.also_torch else [])
+    rows: dict[str, list] = {"seg3d": [], "nnunet": [], **{t: [] for t in extra}}
+    # seg3d converts its network for OpenVINO once per model and machine (cached in the model folder): done
+    # here, untimed, on one case, as a user's first run would
+    warm = work / "warm_input"
+    warm.mkdir(exist_ok=True)
+    if not (warm / f"{ids[0]}_0000.nii.gz").exists():
+        (warm / f"{ids[0]}_0000.nii.gz").symlink_to(DATA / "imagesTr" / f"{ids[0]}_0000.nii.gz")
+    sec, _, _ = run_tree([str(REPO / ".venv" / "bin" / "seg3d"), "predict", "-i", str(warm), "-o",
+                          str(work / "warm_out"), "-m", str(s3_model), "--folds", "0", "--device", "cpu"], env)
+    print(f"seg3d first run (OpenVINO conversion, cached in the model folder): {sec:.1f} s", flush=True)
     for rep in range(a.reps):
         order = ["seg3d", "nnunet"] if rep % 2 == 0 else ["nnunet", "seg3d"]
-        for tool in order + (["seg3d_fast"] if a.also_fast else []):
+        for tool in order + extra:
             out = work / f"out_{tool}"
             shutil.rmtree(out, ignore_errors=True)
             if tool.startswith("seg3d"):
                 cmd = [str(REPO / ".venv" / "bin" / "seg3d"), "predict", "-i", str(in_dir), "-o", str(out),
                        "-m", str(s3_model), "--folds", "0", "--device", "cpu", "--no-postprocess",
-                       *(["--fast"] if tool == "seg3d_fast" else tta)]
+                       *(["--fast"] if tool == "seg3d_fast" else tta),
+                       *(["--backend", "torch"] if tool == "seg3d_torch" else [])]
             else:
                 cmd = [str(a.nnunet_bin / "nnUNetv2_predict_from_modelfolder"), "-i", str(in_dir), "-o",
                        str(out), "-m", str(nn_model), "-f", "0", "-device", "cpu", *nn_tta]
@@ -227,7 +241,15 @@ def main() -> None:
                      "dice": dice_scores(work / f"out_{tool}", ids)}
     res["agreement"] = agreement(work / "out_seg3d", work / "out_nnunet", ids)
     res["speedup"] = res["nnunet"]["s_per_case"] / res["seg3d"]["s_per_case"]
+    if "seg3d_torch" in res:
+        res["agreement_seg3d_vs_torch_backend"] = agreement(work / "out_seg3d", work / "out_seg3d_torch", ids)
+        res["speedup_torch_backend"] = res["nnunet"]["s_per_case"] / res["seg3d_torch"]["s_per_case"]
     res["memory_ratio"] = res["seg3d"]["peak_gb"] / res["nnunet"]["peak_gb"]
+    import torch
+
+    from seg3d.core.device import cpu_has_fast_bf16
+
+    res["machine"] = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": cpu_has_fast_bf16()}
     res["settings"] = {"cases": len(ids), "reps": a.reps, "tta": not a.no_tta,
                        "weights": str(a.seg3d_model) if a.seg3d_model else "random init (seed 0)"}
     print(json.dumps(res, indent=2))

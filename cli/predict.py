@@ -16,7 +16,8 @@ def register(app: typer.Typer) -> None:
         input_dir: Path = typer.Option(..., "-i", "--input", help="Folder of images: <case>_0000.nii.gz ... "
                                        "(or <case>.nii.gz for one-channel models)."),
         output_dir: Path = typer.Option(..., "-o", "--output", help="Where the masks <case>.nii.gz go."),
-        model_dir: Path = typer.Option(..., "-m", "--model", help="A model folder written by `seg3d train`."),
+        model_dir: Path = typer.Option(..., "-m", "--model", help="A model folder written by `seg3d train`, or "
+                                       "a bundle written by `seg3d export`."),
         config: str | None = typer.Option(None, "--config", help="Configuration (default: the model's)."),
         folds: list[str] | None = typer.Option(None, "--folds", "-f", help="Fold numbers, or all-available "
                                                   "(default). Repeat or list: --folds 0 1 2."),
@@ -37,7 +38,8 @@ def register(app: typer.Typer) -> None:
         num_parts: int = typer.Option(1, "--num-parts", help="Split the sorted case list into N parts ..."),
         part_id: int = typer.Option(0, "--part-id", help="... and predict part K (0-based)."),
         checkpoint: str = typer.Option("final", "--checkpoint", help="final, best or latest."),
-        backend: str = typer.Option("auto", "--backend", help="Inference runtime: auto or torch."),
+        backend: str = typer.Option("auto", "--backend", help="Inference runtime: auto (torch on CUDA; on the CPU "
+                                    "OpenVINO when installed, else torch), torch or openvino."),
         output_formats: list[str] | None = typer.Option(None, "--output-format", help="Mask format: nifti, nrrd "
                                                         "or mha; repeat for several (default: the input's)."),
         threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),

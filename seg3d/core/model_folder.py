@@ -12,11 +12,13 @@ Layout::
         checkpoint_best.pt     weights with the best moving-average pseudo-Dice
         checkpoint_final.pt    weights at the end of training
         log.csv, progress.png, tensorboard/
+      openvino_cache/       networks converted for OpenVINO (``seg3d predict --backend openvino``), by checksum
         validation/summary.json and the fold's validation predictions (<case>.nii.gz), with their
                    probabilities (<case>.npz, float16, small cases only) for scoring ensembles
 
-A bundle (``seg3d export``) is a model folder's inference half: ``plans.json``, ``model.json``,
-``postprocessing.json`` and the chosen folds' checkpoints, under the same names.
+A bundle (``seg3d export``) is a model folder's inference half: ``plans.json``, ``model.json`` and
+``postprocessing.json`` under the same names, and the chosen folds' networks converted for a runtime instead
+of checkpoints; its own file names live in :mod:`seg3d.core.bundle`.
 """
 from __future__ import annotations
 
@@ -115,6 +117,11 @@ class ModelFolder:
 
     def tensorboard_dir(self, fold: int | str) -> Path:
         return self.fold_dir(fold) / "tensorboard"
+
+    def conversion_cache_dir(self, runtime: str) -> Path:
+        """``<runtime>_cache/``: networks converted for an inference runtime (``openvino_cache``), keyed inside
+        by weights checksum and runtime version (:mod:`seg3d.inference.backends.openvino`)."""
+        return self.path / f"{runtime}_cache"
 
     def fold_dirs(self) -> list[tuple[str, Path]]:
         """``(fold name, folder)`` of every ``fold_*`` folder, numbered folds in order, ``all`` last."""

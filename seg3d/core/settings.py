@@ -119,7 +119,8 @@ class PredictSettings:
         continue_: skip cases whose output exists and is complete.
         num_parts / part_id: predict part ``part_id`` of the sorted case list split in ``num_parts``.
         config: configuration (``None``: the model's).
-        backend: inference runtime (``auto``, ``torch``; :data:`seg3d.inference.backends.BACKENDS`).
+        backend: inference runtime: ``auto`` (torch on CUDA; OpenVINO on the CPU when installed, else torch),
+            ``torch`` or ``openvino`` (:data:`seg3d.inference.backends.BACKENDS`).
         output_formats: mask formats to write (``nifti``, ``nrrd``, ``mha``; :data:`seg3d.io.writers.WRITERS`);
             empty: the input's own format and file ending.
     """

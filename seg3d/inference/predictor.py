@@ -15,12 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from seg3d.core.bundle import Bundle, is_bundle
 from seg3d.core.device import resolve_device
 from seg3d.core.folds import ALL_AVAILABLE
 from seg3d.core.model_folder import ModelFolder
 from seg3d.core.settings import PredictSettings, settings_from
 from seg3d.errors import Seg3dError
-from seg3d.inference.backends import LoadedModel, make_network_calls
+from seg3d.inference.backends import BACKENDS, LoadedModel, backend_note, resolve_backend
 from seg3d.inference.sliding_window import sliding_window_predict
 from seg3d.io.image import Geometry
 from seg3d.postprocessing import PostprocessingRule
@@ -43,7 +44,8 @@ class Predictor:
     """A model folder loaded once: its plan, configuration, one network call per fold, post-processing rules.
 
     Args:
-        model_dir: a model folder written by ``seg3d train`` (or a :class:`ModelFolder`).
+        model_dir: a model folder written by ``seg3d train`` (or a :class:`ModelFolder`), or a bundle written
+            by ``seg3d export`` (a :class:`~seg3d.core.bundle.Bundle`; run through OpenVINO, no checkpoints).
         settings: :class:`~seg3d.core.settings.PredictSettings`; keyword arguments replace its fields
             (``Predictor(m, folds=[0], tta=False)``). Only the model-level fields matter here (folds, config,
             checkpoint, device, precision, backend, tta, step, postprocess); the batch fields are the runner's.
@@ -56,43 +58,24 @@ class Predictor:
     >>> labels = p.predict_case(data, geometry)                # (C, z, y, x) float32 -> (z, y, x) uint8
     """
 
-    def __init__(self, model_dir: str | Path | ModelFolder, settings: PredictSettings | None = None,
+    def __init__(self, model_dir: str | Path | ModelFolder | Bundle, settings: PredictSettings | None = None,
                  **overrides: Any):
-
         self.settings = settings_from(PredictSettings, settings, overrides)
         s = self.settings
-        self.folder = (model_dir if isinstance(model_dir, ModelFolder) else ModelFolder(model_dir)).require()
-        self.model_dir = self.folder.path
-        self.info = self.folder.load_info()
-        self.plan = self.folder.load_plan()
-        self.config_name = s.config or self.info.config
-        self.config = self.plan.config(self.config_name)
-        self.device = resolve_device(s.device)
+        model = load_model(model_dir, s)
+        self.folder, self.model_dir = model.folder, model.folder.path
+        self.info, self.plan = model.info, model.plan
+        self.config_name, self.config, self.device = model.config_name, model.config, model.device
         self.tta, self.step, self.precision, self.checkpoint = s.tta, s.step, s.precision, s.checkpoint
-        self.folds = self._resolve_folds(s.folds)
+        self.folds = list(model.folds)
         self.label_values = tuple(self.plan.label_values)
-        model = LoadedModel(self.folder, self.plan, self.info, self.config_name, self.config, tuple(self.folds),
-                            self.device)
-        self.networks = make_network_calls(model, s)
+        self.backend = resolve_backend(s.backend, model)
+        self.backend_note = backend_note(s.backend, model)
+        self.networks = BACKENDS[self.backend](model, s)
         self.postprocessing = self._load_postprocessing() if s.postprocess else None
 
     # --- loading -------------------------------------------------------------------------------------
-    def _resolve_folds(self, folds) -> list[str]:
-        have = self.folder.available_folds(self.checkpoint)
-        if folds == ALL_AVAILABLE:
-            if not have:
-                raise Seg3dError(f"no fold has a checkpoint_{self.checkpoint}.pt (has training finished?)",
-                                 self.model_dir)
-            return have
-        out = list(folds)
-        missing = [f for f in out if f not in have]
-        if missing:
-            raise Seg3dError(f"fold(s) {', '.join(missing)} have no checkpoint_{self.checkpoint}.pt "
-                             f"(available: {', '.join(have) or 'none'})", self.model_dir)
-        return out
-
     def _load_postprocessing(self):
-
         path = self.folder.postprocessing_json
         return PostprocessingRule.load(path) if path.is_file() else None
 
@@ -106,7 +89,7 @@ class Predictor:
         return {"model_dir": str(self.model_dir.resolve()), "config": self.config_name, "folds": self.folds,
                 "checkpoint": self.checkpoint, "device": str(self.device), "tta": self.tta,
                 "mirror_axes": list(self.mirror_axes), "step": self.step, "precision": self.precision,
-                "backend": self.settings.backend,
+                "backend": self.backend,
                 "postprocessing": None if self.postprocessing is None else self.postprocessing.to_dict()}
 
     def check_input(self, data: np.ndarray, geometry: Geometry, where: str | Path | None = None) -> np.ndarray:
@@ -213,3 +196,43 @@ def _stack_images(images: list) -> tuple[np.ndarray, Geometry]:
             raise Seg3dError(f"channel {i} is not on the same grid as channel 0")
         arrays.append(sitk.GetArrayFromImage(img).astype(np.float32, copy=False))
     return np.stack(arrays), geo
+
+
+def open_model_folder(path: str | Path | ModelFolder | Bundle) -> ModelFolder | Bundle:
+    """A model folder, or a bundle when ``path`` holds ``bundle.json`` (checked: files and checksums)."""
+    if isinstance(path, (ModelFolder, Bundle)):
+        return path.require()
+    return Bundle(path).require() if is_bundle(path) else ModelFolder(path).require()
+
+
+def load_model(model_dir: str | Path | ModelFolder | Bundle, settings: PredictSettings):
+    """What a backend needs (:class:`~seg3d.inference.backends.LoadedModel`): plan, configuration, the folds
+    ``settings`` choose, the device; no network is loaded yet.
+
+    Raises:
+        Seg3dError: missing folder, plan or fold; a configuration the plan lacks; a bad device.
+    """
+    from seg3d.inference.backends import LoadedModel
+
+    folder = open_model_folder(model_dir)
+    info = folder.load_info()
+    plan = folder.load_plan()
+    config_name = settings.config or info.config
+    folds = _resolve_folds(folder, settings.folds, settings.checkpoint)
+    return LoadedModel(folder, plan, info, config_name, plan.config(config_name), tuple(folds),
+                       resolve_device(settings.device))
+
+
+def _resolve_folds(folder: ModelFolder | Bundle, folds, checkpoint: str) -> list[str]:
+    have = folder.available_folds(checkpoint)
+    if folds == ALL_AVAILABLE:
+        if not have:
+            raise Seg3dError(f"no fold has a checkpoint_{checkpoint}.pt (has training finished?)", folder.path)
+        return have
+    out = list(folds)
+    missing = [f for f in out if f not in have]
+    if missing:
+        what = "are not in the bundle" if isinstance(folder, Bundle) else f"have no checkpoint_{checkpoint}.pt"
+        raise Seg3dError(f"fold(s) {', '.join(missing)} {what} (available: {', '.join(have) or 'none'})",
+                         folder.path)
+    return out

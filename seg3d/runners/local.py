@@ -43,9 +43,12 @@ def predict_folder(in_dir: str | Path, out_dir: str | Path, model_dir: str | Pat
         log(f"warning: {w}")
     if predictor is None:
         predictor = Predictor(model_dir, settings)
-        warning = precision_warning(predictor.precision, predictor.device)
+        warning = precision_warning(predictor.precision, predictor.device) if predictor.backend == "torch" \
+            else None
         if warning:
             log(f"warning: {warning}")
+        if predictor.backend_note:
+            log(predictor.backend_note)
     inventory = stages.list_inputs(in_dir, out_dir, predictor.plan.num_channels, settings)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,280 @@
+"""OpenVINO network calls: a seg3d network converted once, cached, and compiled for the CPU.
+
+Only the network call goes through OpenVINO; preprocessing, the sliding window, Gaussian weighting, TTA,
+fold averaging, the revert and post-processing stay seg3d's own. Why: PyTorch's CPU 3D convolutions are
+most of a case's cost, and OpenVINO's CPU plugin runs the same network faster: measured 1.9-2.2x torch fp32
+in fp32 and 3.1-5.6x in bf16 on an AVX-512/bf16 CPU, 2.9-3.4x in fp32 under AVX2 (benchmarks/RESULTS.md,
+"Inference backends").
+
+Conversion (``openvino.convert_model`` of the eval-mode torch module, traced on an example window, batch
+and spatial dimensions dynamic) takes seconds to tens of seconds, so the converted network (OpenVINO IR:
+``network.xml`` + ``network.bin``, fp32 weights) is cached. The cache folder's name holds the weights
+checksum and the runtime version; inside it, OpenVINO's own compiled-model cache lives in one sub-folder
+per precision and machine kind (``compiled-<precision>-<cpu kind>``). The cache goes in the model folder
+(``openvino_cache/``, :meth:`ModelFolder.conversion_cache_dir`), or in the user's cache folder
+(``~/.cache/seg3d/openvino``) when the model folder cannot be written. Both are content-addressed: a stale entry is never read, it is just never used again.
+
+Precision: ``fp32`` sets OpenVINO's inference precision hint to f32 explicitly (its CPU plugin would
+otherwise pick bf16 on CPUs that have it); ``bf16`` sets bf16 and is only offered where the CPU has native
+bf16 (AVX512-BF16/AMX); ``auto`` follows seg3d's rule for every backend: bf16 where native, else fp32.
+Threads are a compile property (``INFERENCE_NUM_THREADS``), never an environment variable.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from seg3d.errors import Seg3dError
+from seg3d.inference.backends import LoadedModel, register_backend
+
+NAME = "openvino"
+IR_NAME = "network"
+_OV_TYPES = {"fp32": "f32", "bf16": "bf16"}
+
+
+def available() -> bool:
+    """Whether the OpenVINO runtime can be imported (the ``openvino`` extra is installed)."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def missing_message() -> str:
+    return ("the OpenVINO runtime is not installed: pip install 'seg3d[openvino]' (or openvino), "
+            "or use --backend torch")
+
+
+def require() -> None:
+    """Raise a :class:`Seg3dError` saying how to install OpenVINO when it is missing."""
+    if not available():
+        raise Seg3dError(missing_message())
+
+
+def runtime_version() -> str:
+    """OpenVINO's release, e.g. ``2026.4.1`` (the build suffix dropped)."""
+    import openvino as ov
+
+    return ov.__version__.split("-")[0]
+
+
+@lru_cache(maxsize=1)
+def _core():
+    import openvino as ov
+
+    return ov.Core()
+
+
+def cpu_kind() -> str:
+    """The machine kind a compiled network is specific to: ``avx512-bf16``, ``avx2``, ..."""
+    from seg3d.core.device import cpu_has_fast_bf16
+
+    cap = torch.backends.cpu.get_cpu_capability().lower()
+    return f"{cap}-bf16" if cpu_has_fast_bf16() else cap
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto|fp32|bf16|fp16`` -> the precision OpenVINO runs in, ``fp32`` or ``bf16``.
+
+    ``auto`` is fp32 through OpenVINO on every CPU (issue 12: "fp32 through OpenVINO by default"); bf16 is opt-in
+    with ``--precision bf16`` where the CPU has it natively (measured 99.996% identical voxels to torch fp32 on
+    hippocampus and about 1.5x faster than OpenVINO fp32 there, benchmarks/RESULTS.md).
+
+    Raises:
+        Seg3dError: ``fp16`` (no fast fp16 convolutions on these CPUs), or ``bf16`` on a CPU without native
+            bf16 (OpenVINO would silently run fp32, so the request cannot be honoured).
+    """
+    from seg3d.core.device import check_precision, cpu_has_fast_bf16
+
+    check_precision(precision)
+    if precision == "auto":
+        return "fp32"
+    if precision == "fp16":
+        raise Seg3dError("--precision fp16 is not offered with --backend openvino on the CPU (use auto, fp32 "
+                         "or bf16)")
+    if precision == "bf16" and not cpu_has_fast_bf16():
+        raise Seg3dError("--precision bf16 with --backend openvino needs a CPU with native bf16 "
+                         f"(AVX512-BF16/AMX); this CPU is {cpu_kind()}: use fp32 or auto")
+    return precision
+
+
+def state_dict_checksum(state_dict: dict[str, torch.Tensor]) -> str:
+    """sha256 over the weights (names, dtypes, shapes, bytes), independent of the file they came from."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def convert_network(module: torch.nn.Module, in_channels: int, patch: Sequence[int]):
+    """An ``openvino.Model`` of ``module`` in eval mode: input ``(?, C, ?, ...)`` float32 -> logits.
+
+    The module is traced (TorchScript) on one zero window of ``patch``; batch and spatial dimensions are then
+    declared dynamic, so one compiled network serves every window batch and window shape (checked against
+    torch on other batch sizes and windows in tests/inference/test_openvino_backend.py). The tracer's own
+    re-run check is skipped: it doubles the time and the tests do that check.
+    """
+    import openvino as ov
+
+    module = module.eval()
+    example = torch.zeros((1, int(in_channels), *(int(p) for p in patch)), dtype=torch.float32)
+    shape = ov.PartialShape([-1, int(in_channels)] + [-1] * len(patch))
+    with torch.no_grad(), warnings.catch_warnings():
+        # Python-level shape checks in InstanceNorm are constants of the trace (the same for every window)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.trace: what convert_model uses too
+        traced = torch.jit.trace(module, example, check_trace=False)
+        return ov.convert_model(traced, example_input=example, input=[shape])
+
+
+def user_cache_dir() -> Path:
+    """``~/.cache/seg3d/openvino``: where conversions go when the model folder is read-only."""
+    return Path.home() / ".cache" / "seg3d" / NAME
+
+
+def cache_entry_name(weights_checksum: str) -> str:
+    """The cache folder of one network: weights checksum and runtime version."""
+    return f"{weights_checksum[:20]}-openvino{runtime_version()}"
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe.", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(probe)
+    return True
+
+
+@dataclass(frozen=True)
+class CachedNetwork:
+    """Where one converted network lives: ``folder/network.xml`` (+ ``.bin``), and whether it was converted now."""
+
+    folder: Path
+    converted_now: bool
+
+    @property
+    def xml(self) -> Path:
+        return self.folder / f"{IR_NAME}.xml"
+
+    def compiled_cache(self, precision: str) -> Path:
+        return self.folder / f"compiled-{precision}-{cpu_kind()}"
+
+
+def find_or_convert(weights_checksum: str, build: Callable[[], torch.nn.Module], in_channels: int,
+                    patch: Sequence[int], cache_roots: Sequence[Path]) -> CachedNetwork:
+    """The cached IR of a network, converting it (``build()`` gives the torch module) on a miss.
+
+    ``cache_roots`` are tried in order: an existing entry in any of them is used; a new one is written in the
+    first that can be written (temporary folder, then rename: a killed conversion leaves nothing behind).
+
+    Raises:
+        Seg3dError: none of ``cache_roots`` can be written.
+    """
+    name = cache_entry_name(weights_checksum)
+    for root in cache_roots:
+        entry = CachedNetwork(Path(root) / name, False)
+        if entry.xml.is_file() and entry.xml.with_suffix(".bin").is_file():
+            return entry
+    root = next((Path(r) for r in cache_roots if _writable(Path(r))), None)
+    if root is None:
+        raise Seg3dError("cannot write the OpenVINO conversion cache in any of: "
+                         + ", ".join(str(r) for r in cache_roots))
+    import openvino as ov
+
+    model = convert_network(build(), in_channels, patch)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    try:
+        ov.save_model(model, str(tmp / f"{IR_NAME}.xml"), compress_to_fp16=False)
+        try:
+            os.rename(tmp, root / name)
+        except OSError:  # another process finished the same conversion first: use theirs
+            if not (root / name / f"{IR_NAME}.xml").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return CachedNetwork(root / name, True)
+
+
+class OpenVinoNetwork:
+    """A network call (seg3d's ``NetworkCall``) running a compiled OpenVINO network on the CPU.
+
+    ``__call__(x)``: ``x`` ``(B, C, *window)`` float32 (any batch size and window shape) -> logits
+    ``(B, K, *window)`` float32 on the CPU. Not thread-safe (one inference request); one per thread.
+
+    Args:
+        model: an ``openvino.Model`` or the path of an IR (``.xml``) or ONNX file.
+        precision: ``fp32`` or ``bf16`` (already resolved, see :func:`resolve_precision`).
+        threads: inference threads (``None``: the CPUs this process may use).
+        compiled_cache: folder for OpenVINO's compiled-model cache (``None``: none).
+    """
+
+    device = torch.device("cpu")
+
+    def __init__(self, model, precision: str = "fp32", threads: int | None = None,
+                 compiled_cache: Path | None = None):
+        if precision not in _OV_TYPES:
+            raise ValueError(f"OpenVINO precision must be fp32 or bf16, got '{precision}'")
+        core = _core()
+        if isinstance(model, (str, Path)):
+            model = core.read_model(str(model))
+        self.precision = precision
+        self.threads = int(threads or len(os.sched_getaffinity(0)))
+        config = {"INFERENCE_PRECISION_HINT": _OV_TYPES[precision], "INFERENCE_NUM_THREADS": self.threads,
+                  "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        if compiled_cache is not None and _writable(Path(compiled_cache)):
+            config["CACHE_DIR"] = str(compiled_cache)
+        self.compiled = core.compile_model(model, "CPU", config)
+        self._request = self.compiled.create_infer_request()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        arr = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        self._request.infer({0: arr})
+        return torch.from_numpy(self._request.get_output_tensor(0).data.copy())
+
+
+@register_backend(NAME)
+def openvino_network_calls(model: LoadedModel, settings) -> list[OpenVinoNetwork]:
+    """One compiled OpenVINO network per fold of ``model``, in ``settings.precision`` (:func:`resolve_precision`).
+
+    A model folder's checkpoints are converted once (cached, see :func:`find_or_convert`); a bundle's
+    networks are read as they are. Threads: torch's intra-op count, which the CLI sets (``set_threads``).
+
+    Raises:
+        Seg3dError: OpenVINO missing, a non-CPU device, a precision OpenVINO cannot honour here.
+    """
+    from seg3d.core.bundle import Bundle
+
+    require()
+    if model.device.type != "cpu":
+        raise Seg3dError(f"--backend openvino runs on the CPU, not on {model.device}: use --device cpu (or "
+                         "--backend torch on a GPU)")
+    precision = resolve_precision(settings.precision)
+    threads = torch.get_num_threads()
+    if isinstance(model.folder, Bundle):
+        return [OpenVinoNetwork(model.folder.network_path(f), precision, threads) for f in model.folds]
+    from seg3d.inference.backends.torch import load_fold_network
+
+    roots = [model.folder.conversion_cache_dir(NAME), user_cache_dir()]
+    calls = []
+    for fold in model.folds:
+        checksum = model.folder.weights_checksum([fold], settings.checkpoint)
+        entry = find_or_convert(checksum, lambda f=fold: load_fold_network(model, f, settings.checkpoint),
+                                model.plan.num_channels, model.config.patch_size, roots)
+        calls.append(OpenVinoNetwork(entry.xml, precision, threads, entry.compiled_cache(precision)))
+    return calls

@@ -1,0 +1,108 @@
+"""The OpenVINO network call: conversion agrees with torch, dynamic shapes, the conversion cache, precision."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from seg3d.errors import Seg3dError
+
+ov = pytest.importorskip("openvino", reason="the openvino extra is not installed (make test installs it)")
+from seg3d.inference.backends import openvino as ovb
+
+
+@pytest.fixture(scope="module")
+def tiny_net():
+    from seg3d.core.plan import Topology
+    from seg3d.nets.unet import UNet
+
+    torch.manual_seed(0)
+    topo = Topology(((1, 3, 3), (3, 3, 3), (3, 3, 3)), ((1, 1, 1), (1, 2, 2), (2, 2, 2)), (8, 16, 32))
+    return UNet(topo, 1, 4, deep_supervision=True).eval()
+
+
+@pytest.fixture(scope="module")
+def converted(tiny_net, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ovcache")
+    entry = ovb.find_or_convert(ovb.state_dict_checksum(tiny_net.state_dict()), lambda: tiny_net, 1,
+                                (8, 32, 32), [root])
+    return root, entry
+
+
+def test_fp32_matches_torch_for_any_batch_and_window(tiny_net, converted):
+    _, entry = converted
+    call = ovb.OpenVinoNetwork(entry.xml, "fp32", threads=1)
+    assert call.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
+    assert call.compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    for shape in [(2, 1, 8, 32, 32), (5, 1, 8, 32, 32), (1, 1, 16, 48, 40)]:
+        x = torch.randn(shape)
+        with torch.no_grad():
+            ref = tiny_net(x)
+        out = call(x)
+        assert out.shape == ref.shape and out.dtype == torch.float32
+        assert float((out - ref).abs().max()) < 1e-3 * max(1.0, float(ref.abs().max()))
+
+
+def test_conversion_is_cached_by_weights_and_runtime_version(tiny_net, converted):
+    root, entry = converted
+    assert entry.converted_now and entry.xml.is_file() and entry.xml.with_suffix(".bin").is_file()
+    assert ovb.runtime_version() in entry.folder.name
+
+    def must_not_build():
+        raise AssertionError("a cached network was converted again")
+
+    again = ovb.find_or_convert(ovb.state_dict_checksum(tiny_net.state_dict()), must_not_build, 1, (8, 32, 32),
+                                [root])
+    assert again.folder == entry.folder and not again.converted_now
+    # other weights -> another entry; the compiled-model cache is per precision and machine kind
+    other = {k: v + 1 for k, v in tiny_net.state_dict().items()}
+    assert ovb.state_dict_checksum(other) != ovb.state_dict_checksum(tiny_net.state_dict())
+    assert entry.compiled_cache("fp32") != entry.compiled_cache("bf16")
+    assert ovb.cpu_kind() in entry.compiled_cache("fp32").name
+    assert not list(Path(root).glob(".*"))  # no temporary folder left behind
+
+
+def test_unwritable_model_folder_falls_back_to_the_next_cache(tiny_net, converted, tmp_path):
+    root, entry = converted
+    blocked = tmp_path / "not_a_folder"
+    blocked.write_text("a file where the model folder's cache would go")
+    # an existing entry in a later root is found without converting
+    found = ovb.find_or_convert(ovb.state_dict_checksum(tiny_net.state_dict()), lambda: None, 1, (8, 32, 32),
+                                [blocked / "cache", root])
+    assert found.folder == entry.folder and not found.converted_now
+    with pytest.raises(Seg3dError, match="cannot write the OpenVINO conversion cache"):
+        ovb.find_or_convert("0" * 64, lambda: tiny_net, 1, (8, 32, 32), [blocked / "cache"])
+
+
+def test_precision_rules(monkeypatch):
+    with pytest.raises(Seg3dError, match="fp16 is not offered"):
+        ovb.resolve_precision("fp16")
+    with pytest.raises(Seg3dError, match="precision must be one of"):
+        ovb.resolve_precision("int4")
+    assert ovb.resolve_precision("fp32") == "fp32"
+    import seg3d.core.device as sw
+
+    monkeypatch.setattr(sw, "cpu_has_fast_bf16", lambda: False)
+    assert ovb.resolve_precision("auto") == "fp32"
+    with pytest.raises(Seg3dError, match="needs a CPU with native bf16"):
+        ovb.resolve_precision("bf16")
+    monkeypatch.setattr(sw, "cpu_has_fast_bf16", lambda: True)
+    assert ovb.resolve_precision("auto") == "fp32"  # fp32 through OpenVINO by default, even with native bf16
+    assert ovb.resolve_precision("bf16") == "bf16"
+
+
+def test_missing_runtime_is_a_clear_error(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_openvino(name, *a, **k):
+        if name == "openvino" or name.startswith("openvino."):
+            raise ImportError("No module named 'openvino'")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_openvino)
+    assert not ovb.available()
+    with pytest.raises(Seg3dError, match=r"pip install 'seg3d\[openvino\]'"):
+        ovb.require()
