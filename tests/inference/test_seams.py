@@ -41,7 +41,11 @@ def test_backend_registry_builds_one_call_per_fold(tiny_model_dir):
     from seg3d.inference import Predictor
     from seg3d.inference.backends import BACKENDS, register_backend, resolve_backend
 
-    assert resolve_backend("auto") == "torch" and "torch" in BACKENDS
+    from seg3d.inference.backends import openvino as ov_backend
+
+    # auto on the CPU: OpenVINO where the runtime is installed (issue 12), else torch
+    assert resolve_backend("auto") == ("openvino" if ov_backend.available() else "torch") and "torch" in BACKENDS
+    assert resolve_backend("torch") == "torch"
     with pytest.raises(Seg3dError, match="unknown inference backend"):
         resolve_backend("tensorrt")
     calls = []
