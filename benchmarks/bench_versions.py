@@ -1,15 +1,19 @@
 """The Predictor of two seg3d revisions side by side: same weights, same cases, same process settings.
 
 A structural change must keep every figure: this script predicts hippocampus cases with the Predictor of an
-older revision (extracted with ``git archive``, imported from there) and of this checkout, interleaved
-(old, new, old, new ...) in fresh processes with 2 torch threads, and reports seconds per case and whether
-the masks and probabilities are identical.
+older revision (extracted with ``git archive``, imported from there) and of this checkout, and reports
+seconds per case and whether the masks and probabilities are identical. Two ways: fresh processes, interleaved
+(old, new, old, new ...), and ``--in-process``: the old tree renamed to ``seg3d_old`` and imported beside
+``seg3d`` in one process, both predictors alternating case by case for ``--reps`` rounds, each case's fastest
+round kept (robust to other load on a shared machine). 2 torch threads.
 
 The model folder is the golden 8 GB hippocampus plan (plans/golden/hippocampus_8gb.json: 3d_fullres, patch
 40x56x40, 32-64-128-256, mirroring TTA over 3 axes) with seeded random He-initialised weights: the compute is
 the real network's, and identical numerics give identical masks.
 
     flock /tmp/seg3d-bench.lock .venv/bin/python benchmarks/bench_versions.py --old faeae58 --cases 6 --reps 2
+    flock /tmp/seg3d-bench.lock .venv/bin/python benchmarks/bench_versions.py --old faeae58 --cases 8 --reps 5 \
+        --in-process
 """
 from __future__ import annotations
 
@@ -50,6 +54,65 @@ print(json.dumps({"load_s": load, "case_s": times, "threads": torch.get_num_thre
 '''
 
 
+IN_PROCESS = r'''
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+import numpy as np, torch
+torch.set_num_threads(2)
+from seg3d.inference.predictor import Predictor as New
+from seg3d.io.image import read_image
+from seg3d_old.inference.predictor import Predictor as Old
+model, precision, reps, cases = sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5:]
+preds = {"old": Old(model, folds=[0], device="cpu", precision=precision),
+         "new": New(model, folds=[0], device="cpu", precision=precision)}
+torch.set_num_threads(2)  # the old constructor sets all cores itself
+images = [read_image(c) for c in cases]
+best = {w: [float("inf")] * len(cases) for w in preds}
+same = True
+for r in range(reps):
+    for i, img in enumerate(images):
+        order = ("old", "new") if (r + i) % 2 == 0 else ("new", "old")
+        out = {}
+        for w in order:
+            t = time.perf_counter()
+            out[w] = preds[w].predict_case(img.array[None], img.geometry, return_probabilities=True)
+            best[w][i] = min(best[w][i], time.perf_counter() - t)
+        same = same and np.array_equal(out["old"].labels, out["new"].labels) and \
+            np.array_equal(out["old"].probabilities, out["new"].probabilities)
+print(json.dumps({"best_s": best, "identical": same, "threads": torch.get_num_threads()}))
+'''
+
+
+def old_package(tree: Path, dest: Path) -> Path:
+    """The old tree's ``seg3d`` package copied as ``seg3d_old`` (every ``seg3d`` module name rewritten)."""
+    import re
+    import shutil
+
+    pkg = dest / "seg3d_old"
+    shutil.copytree(tree / "seg3d", pkg)
+    for f in pkg.rglob("*.py"):
+        f.write_text(re.sub(r"\bseg3d(?=[.\s\"])", "seg3d_old", f.read_text()))
+    return dest
+
+
+def in_process(args, cases, old_tree: Path, tmp: Path, model: Path) -> dict:
+    root = old_package(old_tree, tmp / "oldpkg")
+    out = {}
+    for precision in args.precision:
+        r = subprocess.run([sys.executable, "-c", IN_PROCESS, str(root), str(model), precision, str(args.reps),
+                            *cases], capture_output=True, text=True, check=False, cwd=tmp)
+        if r.returncode != 0:
+            sys.exit(f"in-process comparison failed:\n{r.stderr[-3000:]}")
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        old, new = sum(res["best_s"]["old"]), sum(res["best_s"]["new"])
+        out[precision] = {"old_s_per_case": round(old / len(cases), 3), "new_s_per_case": round(new / len(cases), 3),
+                          "new_over_old": round(new / old, 3), "identical_masks_and_probabilities": res["identical"],
+                          "per_case_ratio": [round(n / o, 3) for o, n in zip(res["best_s"]["old"],
+                                                                                res["best_s"]["new"])]}
+        print(precision, json.dumps(out[precision]), flush=True)
+    return out
+
+
 def make_model(root: Path) -> Path:
     """The golden hippocampus plan with seeded random weights, in the model-folder format both revisions read."""
     import torch
@@ -78,6 +141,7 @@ def main() -> None:
     ap.add_argument("--cases", type=int, default=6)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--precision", nargs="+", default=["auto", "fp32"])
+    ap.add_argument("--in-process", action="store_true", help="both revisions in one process, fastest of --reps")
     args = ap.parse_args()
     cases = sorted(str(p) for p in (args.dataset / "imagesTr").glob("*_0000.nii.gz"))[: args.cases]
     tmp = Path(tempfile.mkdtemp(prefix="bench_versions_"))
@@ -86,6 +150,10 @@ def main() -> None:
     archive = subprocess.run(["git", "-C", str(REPO), "archive", args.old], capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(old_tree)], input=archive, check=True)
     model = make_model(tmp)
+    if args.in_process:
+        result = in_process(args, cases, old_tree, tmp, model)
+        print(json.dumps({"cases": len(cases), "old": args.old, "reps": args.reps, "results": result}, indent=2))
+        return
     trees = {"old": old_tree, "new": REPO}
     result = {}
     for precision in args.precision:
