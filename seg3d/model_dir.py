@@ -32,6 +32,9 @@ class ModelInfo:
     loss: str = "ce_dice"
     deep_supervision: bool = True
     seg3d_version: str = ""
+    # where the model came from when it was not trained on labels alone, e.g. ``seg3d distill``'s record of its
+    # teachers (folders, weight checksums, folds, TTA), temperature, alpha and data; None for ordinary training
+    provenance: dict | None = None
 
     def save(self, model_dir: str | Path) -> None:
         write_json_atomic(Path(model_dir) / "model.json", asdict(self))

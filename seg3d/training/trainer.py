@@ -96,7 +96,8 @@ def train(plan_dir: str | Path, config_name: str = "3d_fullres", fold: int | str
           log: Callable[[str], None] = print, dataset_dir: str | Path | None = None, precision: str = "auto",
           val_batches: int = VAL_BATCHES, validate: bool = True, validation_tta: bool = True,
           cache_workers: int | None = None, lr: float | None = None, augmentation: str | None = None,
-          compile_model: bool = False) -> dict[str, Any]:
+          compile_model: bool = False, batch_source: Callable[..., Any] | None = None,
+          batch_loss: Callable[[Any, dict], Any] | None = None, model_info=None) -> dict[str, Any]:
     """Train one fold; returns a dict of results (epochs, steps, seconds, best EMA pseudo-Dice, validation).
 
     ``model_dir`` defaults to ``PLAN_DIR/models/<config>_<arch>_<loss>``. ``fold``: 0..K-1 or ``"all"``
@@ -110,6 +111,12 @@ def train(plan_dir: str | Path, config_name: str = "3d_fullres", fold: int | str
     preset trains short runs with AdamW and light augmentation), else nnU-Net's SGD and augmentation.
     ``compile_model``: run the training forward through ``torch.compile`` (about 1 minute of compilation on
     2 CPU cores; on this AVX2 CPU the trainer's step gained only 2%, within noise; meant for long CUDA runs).
+
+    Hooks for recipes built on this loop (``seg3d distill``): ``batch_source(cache, train_ids, plan, config,
+    seed, rank, world_size)`` returns the training loader (anything with ``epoch(epoch)`` yielding dicts with at
+    least ``"image"`` and ``"label"``; batches a pure function of seed, epoch and iteration keep resume exact);
+    ``batch_loss(outputs, batch)`` replaces ``loss(outputs, batch["label"])`` for training steps (the per-epoch
+    pseudo-validation keeps ``loss``); ``model_info`` is written as model.json instead of the default one.
     """
     import torch
 
@@ -149,7 +156,7 @@ def train(plan_dir: str | Path, config_name: str = "3d_fullres", fold: int | str
         return _train(plan, plan_dir, config, config_name, fold, model_dir, arch, loss, epochs, iters_per_epoch,
                       budget_s, dev, info, resume, optimizer, seed, num_workers, progress, log, dataset_dir,
                       precision, val_batches, validate, validation_tta, cache_workers, lr, augmentation,
-                      compile_model)
+                      compile_model, batch_source, batch_loss, model_info)
     finally:
         dist_mod.shutdown(info)
 
@@ -157,7 +164,7 @@ def train(plan_dir: str | Path, config_name: str = "3d_fullres", fold: int | str
 def _train(plan, plan_dir, config, config_name, fold, model_dir, arch, loss, epochs, iters, budget_s, dev,
            info: DistInfo, resume, optimizer_name, seed, num_workers, progress, log, dataset_dir, precision,
            val_batches, validate, validation_tta, cache_workers, lr, augmentation,
-           compile_model: bool = False) -> dict[str, Any]:
+           compile_model: bool = False, batch_source=None, batch_loss=None, model_info=None) -> dict[str, Any]:
     import torch
 
     from seg3d.inference.sliding_window import precision_warning, resolve_precision
@@ -192,8 +199,8 @@ def _train(plan, plan_dir, config, config_name, fold, model_dir, arch, loss, epo
         plan.__class__.save(_with_dataset(plan, dataset_dir), model_dir / "plans.json")
         from seg3d import __version__ as version
 
-        ModelInfo(config=config_name, arch=arch, loss=loss, deep_supervision=True,
-                  seg3d_version=str(version)).save(model_dir)
+        (model_info or ModelInfo(config=config_name, arch=arch, loss=loss, deep_supervision=True,
+                                 seg3d_version=str(version))).save(model_dir)
     splits = load_or_create_splits(model_dir, case_ids, write=info.is_main) if fold != "all" or \
         (model_dir / "splits.json").is_file() or len(case_ids) >= 2 else [{"train": case_ids, "val": []}]
     train_ids, val_ids = fold_cases(splits, fold, case_ids)
@@ -245,9 +252,12 @@ def _train(plan, plan_dir, config, config_name, fold, model_dir, arch, loss, epo
 
     from seg3d.data import augmentation_preset, make_loader
 
-    loader = make_loader(cache, train_ids, plan, config, batch_size=config.batch_size, workers=num_workers or 0,
-                         augment=augmentation_preset(augmentation),
-                         seed=seed, rank=info.rank, world_size=info.world_size)
+    if batch_source is not None:
+        loader = batch_source(cache, train_ids, plan, config, seed, info.rank, info.world_size)
+    else:
+        loader = make_loader(cache, train_ids, plan, config, batch_size=config.batch_size,
+                             workers=num_workers or 0, augment=augmentation_preset(augmentation),
+                             seed=seed, rank=info.rank, world_size=info.world_size)
     val_source = val_ids or train_ids
     val_data = _fixed_batches(make_loader(cache, val_source, plan, config, batch_size=config.batch_size,
                                           augment=None, workers=0, seed=seed + 7919), val_batches)
@@ -299,7 +309,7 @@ def _train(plan, plan_dir, config, config_name, fold, model_dir, arch, loss, epo
                 else:
                     out = forward(x)
             out = [o.float() for o in out] if isinstance(out, (list, tuple)) else out.float()
-            lval = loss_fn(out, y)
+            lval = batch_loss(out, batch) if batch_loss is not None else loss_fn(out, y)
             if not torch.isfinite(lval):
                 raise Seg3dError(f"the training loss became {lval.item()} at epoch {epoch} iteration {it}; "
                                  "try --optimizer adamw or a lower learning rate, and check the data")
