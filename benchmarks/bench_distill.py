@@ -116,15 +116,25 @@ def stage_teacher(a) -> None:
     log("teacher done")
 
 
+def stage_student(a) -> None:
+    work = a.work
+    cmd = [str(SEG3D), "distill", str(work / "teacher"), "-o", str(work / "student"), "--time-budget-min",
+           str(a.budget_min), "--device", "cpu", "--resume", *([] if a.teacher_tta else ["--no-tta"])]
+    sec = run(cmd, work / "student.log")
+    log(f"student done: {sec:.0f} s (teacher targets + training)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage", choices=["teacher", "student", "compare"])
     ap.add_argument("--work", type=Path, default=Path("/work/bench_distill"))
     ap.add_argument("--cv", type=int, default=155, help="cases in the cross-validation set (the rest: test)")
     ap.add_argument("--seed", type=int, default=14)
-    ap.add_argument("--budget-min", type=float, default=5.0)
+    ap.add_argument("--budget-min", type=float, default=5.0, help="teacher: per fold; student: in all")
+    ap.add_argument("--no-teacher-tta", dest="teacher_tta", action="store_false",
+                    help="student stage: teacher targets without mirroring TTA (8x cheaper)")
     a = ap.parse_args()
-    {"teacher": stage_teacher}[a.stage](a)
+    {"teacher": stage_teacher, "student": stage_student}[a.stage](a)
 
 
 if __name__ == "__main__":

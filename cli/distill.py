@@ -52,15 +52,13 @@ def register(app: typer.Typer) -> None:
                                               "the targets are stored whole (float16)."),
     ) -> None:
         """Distil a teacher ensemble into one student."""
-        from seg3d.cli.train import parse_folds
-
+        from seg3d.core.device import set_threads
+        from seg3d.core.folds import parse_folds
         from seg3d.distill import DistillSettings
         from seg3d.distill import distill as run
 
         def settings():
-            f = "all-available" if folds in ("all-available", "all_available") else \
-                [str(x) for x in parse_folds(folds)]
-            return DistillSettings(folds=f, tta=tta, arch=arch, features_scale=features_scale,
+            return DistillSettings(folds=parse_folds(folds), tta=tta, arch=arch, features_scale=features_scale,
                                    temperature=temperature, alpha=alpha, soft_loss=soft_loss, epochs=epochs,
                                    iters_per_epoch=iters_per_epoch, time_budget_min=time_budget_min,
                                    device=device, precision=precision, optimizer=optimizer, lr=lr,
@@ -69,6 +67,7 @@ def register(app: typer.Typer) -> None:
                                    max_dense_classes=max_dense_classes)
 
         s = guarded(settings)
+        set_threads(None)
         with progress_bar("teacher targets") as tprog, progress_bar("student") as prog:
             res = guarded(lambda: run(teachers, output, s, dataset_dir=dataset, progress=prog,
                                       target_progress=tprog, log=lambda m: console.print(m, highlight=False)))

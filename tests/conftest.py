@@ -53,7 +53,7 @@ def tiny_plan():
 
 def make_tiny_plan():
     """The plan of the ``tiny_plan`` fixture (also for session-scoped fixtures)."""
-    from seg3d.planning.plan import ChannelNormalization, Configuration, Plan, Topology
+    from seg3d.core.plan import ChannelNormalization, Configuration, Plan, Topology
 
     topo = Topology(kernel_sizes=((1, 3, 3), (3, 3, 3), (3, 3, 3)),
                     strides=((1, 1, 1), (1, 2, 2), (2, 2, 2)), features=(8, 16, 32))

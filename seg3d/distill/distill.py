@@ -26,10 +26,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from seg3d.core.model_folder import ModelFolder, ModelInfo
 from seg3d.distill.loss import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, check_distillation_values
 from seg3d.distill.targets import MAX_DENSE_CLASSES, TOP_K, TargetStorage
 from seg3d.errors import Seg3dError
 from seg3d.progress import ProgressFn
+from seg3d.training.trainer import Trainer
 
 WORK = "distillation"
 
@@ -80,13 +82,28 @@ class DistillSettings:
         TargetStorage(self.max_dense_classes, self.top_k)
 
 
-def student_plan(plan, config_name: str, features_scale: float, dataset_dir: Path):
+def student_plan(plan, config_name: str, features_scale: float):
     """The teacher's plan with every stage's features of ``config_name`` scaled (at least 4 each)."""
     cfg = plan.config(config_name)
     feats = tuple(max(4, round(f * features_scale)) for f in cfg.topology.features)
     cfg = replace(cfg, topology=replace(cfg.topology, features=feats))
-    return replace(plan, configurations={**plan.configurations, config_name: cfg},
-                   extra={**plan.extra, "dataset_dir": str(dataset_dir)})
+    return replace(plan, configurations={**plan.configurations, config_name: cfg})
+
+
+class DistillTrainer(Trainer):
+    """The ordinary :class:`~seg3d.training.trainer.Trainer` (its steps, its loop) with the distillation batches
+    and loss plugged in; its one addition: ``model.json`` carries the provenance (written with the folder)."""
+
+    def __init__(self, *args, info: ModelInfo, batches_for, **kw):
+        super().__init__(*args, **kw)
+        self.info = info
+        # batches depend on the rank of a torchrun launch, known only now
+        self.custom_batches = batches_for(self.settings.seed, self.dist.rank, self.dist.world_size)
+
+    def _prepare_data(self) -> None:
+        super()._prepare_data()
+        if self.dist.is_main:
+            self.folder.save_info(replace(self.info, dataset_dir=str(self.dataset_dir)))
 
 
 def distill(teachers: Sequence[str | Path], student_dir: str | Path, settings: DistillSettings = DistillSettings(),
@@ -94,63 +111,65 @@ def distill(teachers: Sequence[str | Path], student_dir: str | Path, settings: D
             target_progress: ProgressFn | None = None, log=print) -> dict[str, Any]:
     """Distil ``teachers`` into a new model folder ``student_dir``; returns a summary dict.
 
-    ``dataset_dir``: the labelled dataset (default: the one the first teacher's plan records). Raises
+    ``dataset_dir``: the labelled dataset (default: the one the first teacher's model.json records). Raises
     :class:`Seg3dError` for a bad teacher folder, bad settings, an unreadable dataset, or a student folder that
     holds a different model (use ``--resume`` to continue one).
     """
     from seg3d import __version__ as version
+    from seg3d.core.plan_folder import PlanFolder
+    from seg3d.core.settings import TrainSettings
+    from seg3d.data import augmentation_preset
     from seg3d.distill.data import DistillSource, make_distill_loader
     from seg3d.distill.loss import DistillationLoss
     from seg3d.distill.targets import TeacherEnsemble, compute_targets
     from seg3d.distill.unlabelled import prepare_unlabelled
-    from seg3d.model_dir import ModelInfo
     from seg3d.preprocessing.cache import build_cache
-    from seg3d.training import train
     from seg3d.training.trainer import training_defaults
 
     s = settings
-    student_dir = Path(student_dir)
+    student = ModelFolder(student_dir)
     teacher_dirs = [Path(t) for t in teachers]
-    if any(student_dir.resolve() == t.resolve() for t in teacher_dirs):
-        raise Seg3dError("the student folder must not be a teacher folder", student_dir)
-    if (student_dir / "fold_all" / "checkpoint_final.pt").is_file() and not s.resume:
+    if any(student.path.resolve() == t.resolve() for t in teacher_dirs):
+        raise Seg3dError("the student folder must not be a teacher folder", student.path)
+    if student.checkpoint_path("all", "final").is_file() and not s.resume:
         raise Seg3dError("this folder already holds a distilled student; choose another -o (or --resume to "
-                         "train it further)", student_dir)
+                         "train it further)", student.path)
     ens = TeacherEnsemble(teacher_dirs, folds=s.folds, tta=s.tta, step=s.step, checkpoint=s.checkpoint,
                           device=s.device, precision=s.precision)
     first = ens.predictors[0]
-    from seg3d.training.trainer import resolve_dataset_dir
+    config_name, num_classes = ens.config_name, ens.num_classes
 
-    work = student_dir / WORK
-    cache_dir = work / "cache" / ens.config_name
-    work.mkdir(parents=True, exist_ok=True)
-    dataset_dir = resolve_dataset_dir(first.plan, first.model_dir, cache_dir, dataset_dir)
-    plan = student_plan(first.plan, ens.config_name, s.features_scale, dataset_dir)
-    plan.save(work / "plans.json")
+    # --- the work folder: a plan folder (plan, dataset record, cache), unlabelled caches, targets -------
+    work = PlanFolder(student.path / WORK)
+    work.path.mkdir(parents=True, exist_ok=True)
+    given = dataset_dir if dataset_dir is not None else first.folder.dataset_dir()
+    if given is None:
+        raise Seg3dError("the teacher's model.json records no dataset: pass it with --dataset", first.model_dir)
+    plan = student_plan(first.plan, config_name, s.features_scale)
+    plan.save(work.plans_json)
+    work.record_dataset(given)
+    dataset_dir = work.dataset_dir(given)
     arch = s.arch or first.info.arch
     storage = TargetStorage(s.max_dense_classes, s.top_k)
-
-    # --- data: the labelled cache, unlabelled folders ---------------------------------------------------
-    log(f"distilling {len(teacher_dirs)} teacher(s) into {student_dir}: " + "; ".join(
+    log(f"distilling {len(teacher_dirs)} teacher(s) into {student.path}: " + "; ".join(
         f"{p.model_dir} ({p.info.arch}, folds {','.join(p.folds)})" for p in ens.predictors) +
         f", TTA {'on' if s.tta else 'off'}")
-    cache = build_cache(dataset_dir, plan, ens.config_name, cache_dir, workers=s.workers)
+    cache = build_cache(dataset_dir, plan, config_name, work.cache_dir(config_name), workers=s.workers)
     labelled = list(cache.case_ids)
     sources: dict[str, object] = {c: cache for c in labelled}
-    unl_caches, records = prepare_unlabelled(s.unlabelled, plan, ens.config_name, work / "unlabelled", log=log)
+    unl_caches, records = prepare_unlabelled(s.unlabelled, plan, config_name, work.path / "unlabelled", log=log)
     sources.update(unl_caches)
 
     # --- teacher targets, once per case ------------------------------------------------------------------
-    tstats = compute_targets(ens, sources, work / "targets", storage, progress=target_progress, log=log)
-    config_name, num_classes = ens.config_name, ens.num_classes
+    tstats = compute_targets(ens, sources, work.path / "targets", storage, progress=target_progress, log=log)
 
-    # --- the student folder's files, then training on the trainer's loop --------------------------------
-    student_dir.mkdir(parents=True, exist_ok=True)
-    if (first.model_dir / "splits.json").is_file() and not (student_dir / "splits.json").is_file():
-        shutil.copy2(first.model_dir / "splits.json", student_dir / "splits.json")
-    pp = first.model_dir / "postprocessing.json"
-    if pp.is_file():
-        shutil.copy2(pp, student_dir / "postprocessing.json")
+    # --- the student folder's files, then training on the trainer's steps -------------------------------
+    student.path.mkdir(parents=True, exist_ok=True)
+    if first.folder.splits_json.is_file() and not student.splits_json.is_file():
+        shutil.copy2(first.folder.splits_json, student.splits_json)
+    inherited = first.folder.postprocessing_json.is_file()
+    if inherited:
+        shutil.copy2(first.folder.postprocessing_json, student.postprocessing_json)
     optimizer, lr, augmentation = training_defaults(plan, s.optimizer, s.lr, s.augmentation)
     provenance = {
         "method": "knowledge distillation (seg3d distill)",
@@ -162,31 +181,34 @@ def distill(teachers: Sequence[str | Path], student_dir: str | Path, settings: D
         "data": {"dataset_dir": str(dataset_dir), "labelled_cases": len(labelled),
                  "unlabelled": [r.to_dict() for r in records]},
         "postprocessing": (f"inherited from the teacher {first.model_dir.resolve()} (decided on its out-of-fold "
-                           "cases)") if pp.is_file() else "none (the teacher has no postprocessing.json)",
+                           "cases)") if inherited else "none (the teacher has no postprocessing.json)",
         "training": {"optimizer": optimizer, "lr": lr, "augmentation": augmentation, "seed": s.seed,
                      "epochs": s.epochs, "iters_per_epoch": s.iters_per_epoch,
                      "time_budget_min": s.time_budget_min},
     }
-    info = ModelInfo(config=config_name, arch=arch, loss=f"distill_{s.soft_loss}+ce_dice",
-                     deep_supervision=True, seg3d_version=str(version), provenance=provenance)
-    source = DistillSource(sources, set(labelled), work / "targets", plan.num_classes)
-    from seg3d.data import augmentation_preset
-
+    info = ModelInfo(config=config_name, arch=arch, loss=f"distill_{s.soft_loss}+ce_dice", deep_supervision=True,
+                     seg3d_version=str(version), dataset_dir=str(dataset_dir), provenance=provenance)
+    ens = first = None  # the teachers' networks are not needed while the student trains
+    source = DistillSource(sources, set(labelled), work.path / "targets", num_classes)
+    cfg = plan.config(config_name)
     aug = augmentation_preset(augmentation)
 
-    def batch_source(_cache, _train_ids, _plan, config, seed, rank, world_size):
-        return make_distill_loader(source, source.case_ids, config, augment=aug, workers=s.workers or 0,
-                                   seed=seed, rank=rank, world_size=world_size)
+    def batches_for(seed: int, rank: int, world_size: int):
+        return make_distill_loader(source, source.case_ids, cfg, augment=aug, workers=s.workers or 0, seed=seed,
+                                   rank=rank, world_size=world_size)
 
-    ens = first = None  # the teachers' networks are not needed while the student trains
-    cfg = plan.config(config_name)
-    loss = DistillationLoss(plan.num_classes, s.temperature, s.alpha, s.soft_loss, batch_dice=cfg.batch_dice)
-    result = train(work, config_name=config_name, fold="all", model_dir=student_dir, arch=arch,
-                   loss="ce_dice", epochs=s.epochs, iters_per_epoch=s.iters_per_epoch,
-                   time_budget_min=s.time_budget_min, device=s.device, resume=s.resume, optimizer=optimizer,
-                   seed=s.seed, num_workers=s.workers, progress=progress, log=log, dataset_dir=dataset_dir,
-                   precision=s.precision, validate=False, lr=lr, augmentation=augmentation,
-                   batch_source=batch_source, batch_loss=loss, model_info=info)
-    return {"student_dir": str(student_dir), "teacher_targets": tstats, "training": result,
+    tsettings = TrainSettings(config=config_name, fold="all", arch=arch, loss="ce_dice", epochs=s.epochs,
+                              iters_per_epoch=s.iters_per_epoch, time_budget_min=s.time_budget_min,
+                              device=s.device, precision=s.precision, resume=s.resume, optimizer=optimizer,
+                              lr=lr, augmentation=augmentation, seed=s.seed, workers=s.workers or 0,
+                              validate=False, cache_workers=s.workers)
+    loss = DistillationLoss(num_classes, s.temperature, s.alpha, s.soft_loss, batch_dice=cfg.batch_dice)
+    trainer = DistillTrainer(work.path, tsettings, model_dir=student.path, dataset_dir=dataset_dir,
+                             progress=progress, log=log, loss_fn=loss, info=info, batches_for=batches_for)
+    try:
+        result = trainer.fit()
+    finally:
+        trainer.close()
+    return {"student_dir": str(student.path), "teacher_targets": tstats, "training": result,
             "labelled_cases": len(labelled), "unlabelled": [r.to_dict() for r in records],
             "settings": asdict(s)}

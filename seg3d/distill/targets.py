@@ -133,6 +133,7 @@ class TeacherEnsemble:
         if not model_dirs:
             raise Seg3dError("distillation needs at least one teacher model folder")
         self.model_dirs = [Path(m) for m in model_dirs]
+        folds = folds if isinstance(folds, str) else tuple(str(f) for f in folds)
         self.predictors = [Predictor(m, folds=folds, config=config, device=device, tta=tta, step=step,
                                      checkpoint=checkpoint, postprocess=False, precision=precision)
                            for m in self.model_dirs]
@@ -151,9 +152,9 @@ class TeacherEnsemble:
         return self.plan.num_classes
 
     def checksums(self) -> list[str]:
-        """sha256 of each teacher's checkpoint weights (its folds, in order)."""
+        """sha256 of each teacher's checkpoint files (its folds, in order; ModelFolder.weights_checksum)."""
         if self._checksums is None:
-            self._checksums = [weights_checksum(p.model_dir, p.folds, self.checkpoint) for p in self.predictors]
+            self._checksums = [p.folder.weights_checksum(p.folds, self.checkpoint) for p in self.predictors]
         return self._checksums
 
     def describe(self) -> list[dict]:
@@ -185,24 +186,6 @@ def _grid_difference(a, b) -> str:
               ("normalization", a.plan.to_dict()["normalization"], b.plan.to_dict()["normalization"]),
               ("configuration dimensions", ca.ndim, cb.ndim))
     return "; ".join(f"{name} {x} vs {y}" for name, x, y in checks if x != y)
-
-
-def weights_checksum(model_dir: str | Path, folds: Sequence[str], checkpoint: str = "final") -> str:
-    """sha256 over the weights (tensor names, dtypes, shapes, bytes) of the given folds' checkpoints."""
-    import torch
-
-    from seg3d.model_dir import fold_dir
-    from seg3d.training.checkpoint import load_checkpoint
-
-    h = hashlib.sha256()
-    for f in folds:
-        state = load_checkpoint(fold_dir(model_dir, f) / f"checkpoint_{checkpoint}.pt")["model"]
-        h.update(f"fold {f}\n".encode())
-        for name in sorted(state):
-            t = state[name].detach().cpu().contiguous()
-            h.update(f"{name} {t.dtype} {tuple(t.shape)}\n".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def targets_done(folder: Path, case_id: str, key: str) -> bool:

@@ -1,8 +1,6 @@
 """Fixtures of the distillation tests: a tiny 2-fold teacher trained on the session's phantom dataset."""
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 
 QUIET = {"log": lambda s: None}
@@ -26,12 +24,15 @@ def train_teacher(root, phantom_dir, epochs: int, iters: int, folds=(0, 1)):
 
     make_tiny_plan = _root_conftest().make_tiny_plan
 
+    from seg3d.core.plan_folder import PlanFolder
+
     plan_dir = root / "plan"
-    replace(make_tiny_plan(), extra={"dataset_dir": str(phantom_dir)}).save(plan_dir / "plans.json")
+    make_tiny_plan().save(plan_dir / "plans.json")
+    PlanFolder(plan_dir).record_dataset(phantom_dir)
     teacher = root / "teacher"
     for f in folds:
         train(plan_dir, fold=f, model_dir=teacher, epochs=epochs, iters_per_epoch=iters, device="cpu",
-              precision="fp32", num_workers=0, val_batches=1, optimizer="adamw", lr=1e-2, augmentation="light",
+              precision="fp32", workers=0, val_batches=1, optimizer="adamw", lr=1e-2, augmentation="light",
               validate=False, **QUIET)
     return plan_dir, teacher
 

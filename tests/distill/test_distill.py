@@ -16,7 +16,7 @@ def test_teacher_targets_equal_a_direct_predict(small_teacher, phantom_dir, tmp_
     from seg3d.distill.targets import TargetStorage, TeacherEnsemble, compute_targets, decode, load_targets
     from seg3d.inference import Predictor
     from seg3d.io.layout import load_dataset, read_case_images
-    from seg3d.planning.plan import Plan
+    from seg3d.core.plan import Plan
     from seg3d.preprocessing import revert_to_original
     from seg3d.preprocessing.cache import build_cache
 
@@ -77,7 +77,7 @@ def test_interrupted_distillation_resumes_exactly(small_teacher, tmp_path):
 
 def test_student_is_an_ordinary_model_folder_with_provenance(small_teacher, tmp_path, phantom_dir):
     from seg3d.distill import distill
-    from seg3d.distill.targets import weights_checksum
+    from seg3d.core.model_folder import ModelFolder
     from seg3d.inference import Predictor
     from seg3d.io.layout import load_dataset, read_case_images
 
@@ -86,7 +86,7 @@ def test_student_is_an_ordinary_model_folder_with_provenance(small_teacher, tmp_
             **QUIET)
     info = json.loads((student / "model.json").read_text())
     prov = info["provenance"]
-    assert [t["weights_sha256"] for t in prov["teachers"]] == [weights_checksum(small_teacher, ["0"])] * 2
+    assert [t["weights_sha256"] for t in prov["teachers"]] == [ModelFolder(small_teacher).weights_checksum(["0"])] * 2
     assert prov["teachers"][0]["folds"] == ["0"] and prov["tta"] is False
     assert (prov["temperature"], prov["alpha"], prov["soft_loss"]) == (2.0, 0.7, "kl")
     assert prov["data"]["labelled_cases"] == 8 and prov["student"]["features"] == [4, 8, 16]
