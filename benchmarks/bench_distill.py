@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -124,6 +126,118 @@ def stage_student(a) -> None:
     log(f"student done: {sec:.0f} s (teacher targets + training)")
 
 
+def build_nnunet_model(work: Path, nn_plans_dir: Path) -> Path:
+    """The teacher's 5 folds as an nnU-Net results folder (same network and weights, bench_predict's converter)."""
+    from bench_predict import CONVERT, nnunet_plans_like
+
+    from seg3d.core.model_folder import ModelFolder
+
+    teacher = ModelFolder(work / "teacher")
+    nn = work / "compare" / "nnunet_model"
+    plans = nnunet_plans_like(json.loads((nn_plans_dir / "nnUNetPlans.json").read_text()), teacher.load_plan())
+    nn.mkdir(parents=True, exist_ok=True)
+    (nn / "plans.json").write_text(json.dumps(plans, indent=2))
+    for name in ("dataset.json", "dataset_fingerprint.json"):
+        shutil.copy(nn_plans_dir / name, nn / name)
+    c = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
+    plan = teacher.load_plan()
+    args = {"in": plan.num_channels, "stages": c["n_stages"], "features": c["features_per_stage"],
+            "kernels": c["kernel_sizes"], "strides": c["strides"], "classes": plan.num_classes}
+    script = work / "compare" / "convert.py"
+    script.write_text(CONVERT)
+    for k in range(5):
+        dst = nn / f"fold_{k}" / "checkpoint_final.pth"
+        if not dst.is_file():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run([sys.executable, str(script), str(teacher.checkpoint_path(k)), json.dumps(args),
+                            str(dst)], check=True)
+    return nn
+
+
+def dice_per_class(pred_dir: Path, ids: list[str], values=(1, 2)) -> dict[str, float]:
+    """Mean Dice per label value over the cases (a case where neither has the class counts as 1)."""
+    from common import dice
+
+    from seg3d.io.image import read_image
+
+    out: dict[str, list[float]] = {str(v): [] for v in values}
+    for cid in ids:
+        p = read_image(pred_dir / f"{cid}.nii.gz").array
+        r = read_image(DATA / "labelsTr" / f"{cid}.nii.gz").array
+        for v in values:
+            both = np.count_nonzero(p == v) + np.count_nonzero(r == v)
+            out[str(v)].append(dice(p, r, v) if both else 1.0)
+    return {k: float(np.mean(v)) for k, v in out.items()}
+
+
+def stage_compare(a) -> None:
+    from bench_predict import run_tree
+
+    work = a.work
+    split = json.loads((work / "split.json").read_text())
+    ids = split["test"][:a.test_cases]
+    cmp_dir = work / "compare"
+    inp = cmp_dir / "input"
+    inp.mkdir(parents=True, exist_ok=True)
+    for cid in ids:
+        dst = inp / f"{cid}_0000.nii.gz"
+        if not dst.exists():
+            dst.symlink_to(DATA / "imagesTr" / f"{cid}_0000.nii.gz")
+    nn_model = build_nnunet_model(work, a.nnunet_plans)
+    teacher, student = work / "teacher", work / "student"
+    common = ["--device", "cpu", "--no-postprocess"]
+    runs = {
+        "fold0_no_tta": [str(SEG3D), "predict", "-m", str(teacher), "--folds", "0", "--no-tta", *common],
+        "fold0_tta": [str(SEG3D), "predict", "-m", str(teacher), "--folds", "0", *common],
+        "teacher_5fold_tta": [str(SEG3D), "predict", "-m", str(teacher), *common],
+        "student_no_tta": [str(SEG3D), "predict", "-m", str(student), "--no-tta", *common],
+        "student_tta": [str(SEG3D), "predict", "-m", str(student), *common],
+        "nnunet_5fold_tta": [str(a.nnunet_bin / "nnUNetv2_predict_from_modelfolder"), "-m", str(nn_model),
+                             "-f", "0", "1", "2", "3", "4", "-device", "cpu"],
+    }
+    if a.fold_dice:  # every fold alone (with TTA): the ensemble's gain over its best fold
+        runs.update({f"fold{k}_tta": [str(SEG3D), "predict", "-m", str(teacher), "--folds", str(k), *common]
+                     for k in range(1, 5)})
+    env = dict(os.environ, nnUNet_raw=str(cmp_dir), nnUNet_preprocessed=str(cmp_dir), nnUNet_results=str(cmp_dir))
+    res: dict = {"cases": ids, "cpu": cpu_kind(), "load_before": os.getloadavg()}
+    for name, cmd in runs.items():
+        out = cmp_dir / f"out_{name}"
+        shutil.rmtree(out, ignore_errors=True)
+        cmd = [*cmd[:2], "-i", str(inp), "-o", str(out), *cmd[2:]]
+        log(" ".join(cmd))
+        load0 = os.getloadavg()[0]
+        sec, gb, rc = run_tree(cmd, env)
+        if rc != 0:
+            sys.exit(f"{name} failed ({rc})")
+        d = dice_per_class(out, ids)
+        res[name] = {"s_per_case": sec / len(ids), "seconds": sec, "peak_gb": gb, "dice": d,
+                     "mean_dice": float(np.mean(list(d.values()))), "load_1min_at_start": load0}
+        log(f"{name}: {sec / len(ids):.2f} s/case, Dice {d}, mean {res[name]['mean_dice']:.4f}, load {load0:.1f}")
+        (cmp_dir / "result.json").write_text(json.dumps(res, indent=2))
+    t, s0, nn = (res[k] for k in ("teacher_5fold_tta", "student_no_tta", "nnunet_5fold_tta"))
+    res["goals"] = {
+        "student_no_tta_minus_teacher": s0["mean_dice"] - t["mean_dice"],
+        "student_speedup_vs_teacher": t["s_per_case"] / s0["s_per_case"],
+        "student_speedup_vs_nnunet": nn["s_per_case"] / s0["s_per_case"],
+        "student_minus_nnunet_dice": s0["mean_dice"] - nn["mean_dice"],
+    }
+    folds = [k for k in res if k.startswith("fold") and k.endswith("_tta") and k != "fold0_no_tta"]
+    if len(folds) == 5:
+        best = max(folds, key=lambda k: res[k]["mean_dice"])
+        res["ensemble_gain_over_best_fold"] = {"best_fold": best,
+                                               "gain": t["mean_dice"] - res[best]["mean_dice"]}
+    res["load_after"] = os.getloadavg()
+    (cmp_dir / "result.json").write_text(json.dumps(res, indent=2))
+    print(json.dumps({k: res[k] for k in ("goals", "cpu") if k in res}, indent=2))
+
+
+def cpu_kind() -> dict:
+    import torch
+
+    return {"capability": torch.backends.cpu.get_cpu_capability(),
+            "native_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()), "cores": os.cpu_count()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage", choices=["teacher", "student", "compare"])
@@ -133,8 +247,13 @@ def main() -> None:
     ap.add_argument("--budget-min", type=float, default=5.0, help="teacher: per fold; student: in all")
     ap.add_argument("--no-teacher-tta", dest="teacher_tta", action="store_false",
                     help="student stage: teacher targets without mirroring TTA (8x cheaper)")
+    ap.add_argument("--test-cases", type=int, default=40, help="compare: the first N test cases")
+    ap.add_argument("--fold-dice", action="store_true", help="compare: also folds 1-4 alone with TTA")
+    ap.add_argument("--nnunet-bin", type=Path, default=REPO / ".venv" / "bin")
+    ap.add_argument("--nnunet-plans", type=Path, default=Path("/work/bench_distill/nnunet/pre/Dataset004_Hippocampus"),
+                    help="nnU-Net's preprocessed folder of the CV set (nnUNetPlans.json, dataset.json, fingerprint)")
     a = ap.parse_args()
-    {"teacher": stage_teacher, "student": stage_student}[a.stage](a)
+    {"teacher": stage_teacher, "student": stage_student, "compare": stage_compare}[a.stage](a)
 
 
 if __name__ == "__main__":

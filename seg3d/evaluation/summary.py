@@ -257,6 +257,7 @@ def summarize_models(model_dirs) -> dict:
     models = [summarize_model(d) for d in model_dirs]
     scored = [m for m in models if m["cv"]["mean_dice"] is not None]
     rec = []
+    ensemble = None
     if not scored:
         rec.append("No cross-validation results yet: nothing to recommend.")
     else:

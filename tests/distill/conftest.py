@@ -41,3 +41,9 @@ def train_teacher(root, phantom_dir, epochs: int, iters: int, folds=(0, 1)):
 def small_teacher(tmp_path_factory, phantom_dir):
     """A barely trained 2-fold teacher (quality irrelevant: for the plumbing tests)."""
     return train_teacher(tmp_path_factory.mktemp("teacher"), phantom_dir, epochs=2, iters=3)[1]
+
+
+@pytest.fixture
+def make_teacher():
+    """``make_teacher(root, phantom_dir, epochs, iters)`` -> (plan folder, teacher model folder)."""
+    return train_teacher

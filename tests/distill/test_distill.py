@@ -95,6 +95,11 @@ def test_student_is_an_ordinary_model_folder_with_provenance(small_teacher, tmp_
     data, geo = read_case_images(case, 1)
     labels = Predictor(student, device="cpu").predict_case(data, geo)
     assert labels.shape == geo.shape
+    # `seg3d summary` reads it like any model folder (no cross-validation of its own: said, not an error)
+    from seg3d.evaluation.summary import summarize_models
+
+    summary = summarize_models([student])
+    assert summary["models"][0]["folds"] and summary["ensemble"] is None
 
 
 def test_unlabelled_folder_with_a_bad_file_is_reported_and_skipped(small_teacher, phantom_dir, tmp_path):
