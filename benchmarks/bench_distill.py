@@ -118,10 +118,29 @@ def stage_teacher(a) -> None:
     log("teacher done")
 
 
+def subset_with_targets(work: Path) -> Path:
+    """A dataset folder (symbolic links) of the cross-validation cases whose teacher targets are done."""
+    done = sorted(p.name[:-len("_teacher.json")] for p in (work / "student" / "distillation" / "targets").glob(
+        "*_teacher.json"))
+    ds = work / f"cv_subset_{len(done)}"
+    for sub in ("imagesTr", "labelsTr"):
+        (ds / sub).mkdir(parents=True, exist_ok=True)
+    meta = json.loads((work / "cv_dataset" / "dataset.json").read_text())
+    meta["numTraining"] = len(done)
+    (ds / "dataset.json").write_text(json.dumps(meta, indent=2))
+    for cid in done:
+        for sub, name in (("imagesTr", f"{cid}_0000.nii.gz"), ("labelsTr", f"{cid}.nii.gz")):
+            if not (ds / sub / name).exists():
+                (ds / sub / name).symlink_to(DATA / sub / name)
+    log(f"student data: the {len(done)} cross-validation cases whose teacher targets are done ({ds})")
+    return ds
+
+
 def stage_student(a) -> None:
     work = a.work
+    extra = ["--dataset", str(subset_with_targets(work))] if a.only_done_targets else []
     cmd = [str(SEG3D), "distill", str(work / "teacher"), "-o", str(work / "student"), "--time-budget-min",
-           str(a.budget_min), "--device", "cpu", "--resume", *([] if a.teacher_tta else ["--no-tta"])]
+           str(a.budget_min), "--device", "cpu", "--resume", *([] if a.teacher_tta else ["--no-tta"]), *extra]
     sec = run(cmd, work / "student.log")
     log(f"student done: {sec:.0f} s (teacher targets + training)")
 
@@ -176,7 +195,7 @@ def stage_compare(a) -> None:
     work = a.work
     split = json.loads((work / "split.json").read_text())
     ids = split["test"][:a.test_cases]
-    cmp_dir = work / "compare"
+    cmp_dir = work / ("compare" if not a.tag else f"compare_{a.tag}")
     inp = cmp_dir / "input"
     inp.mkdir(parents=True, exist_ok=True)
     for cid in ids:
@@ -199,7 +218,8 @@ def stage_compare(a) -> None:
         runs.update({f"fold{k}_tta": [str(SEG3D), "predict", "-m", str(teacher), "--folds", str(k), *common]
                      for k in range(1, 5)})
     env = dict(os.environ, nnUNet_raw=str(cmp_dir), nnUNet_preprocessed=str(cmp_dir), nnUNet_results=str(cmp_dir))
-    res: dict = {"cases": ids, "cpu": cpu_kind(), "load_before": os.getloadavg()}
+    res: dict = {"cases": ids, "cpu": cpu_kind(), "load_before": os.getloadavg(), "tag": a.tag,
+                 "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     for name, cmd in runs.items():
         out = cmp_dir / f"out_{name}"
         shutil.rmtree(out, ignore_errors=True)
@@ -247,7 +267,10 @@ def main() -> None:
     ap.add_argument("--budget-min", type=float, default=5.0, help="teacher: per fold; student: in all")
     ap.add_argument("--no-teacher-tta", dest="teacher_tta", action="store_false",
                     help="student stage: teacher targets without mirroring TTA (8x cheaper)")
+    ap.add_argument("--only-done-targets", action="store_true",
+                    help="student stage: distil on the CV cases whose targets exist (when time runs out)")
     ap.add_argument("--test-cases", type=int, default=40, help="compare: the first N test cases")
+    ap.add_argument("--tag", default="", help="compare: results in WORK/compare_TAG (e.g. unlocked)")
     ap.add_argument("--fold-dice", action="store_true", help="compare: also folds 1-4 alone with TTA")
     ap.add_argument("--nnunet-bin", type=Path, default=REPO / ".venv" / "bin")
     ap.add_argument("--nnunet-plans", type=Path, default=Path("/work/bench_distill/nnunet/pre/Dataset004_Hippocampus"),

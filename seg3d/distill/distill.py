@@ -11,7 +11,7 @@ Steps (each resumable):
 3. the student is trained by the ordinary trainer (:func:`seg3d.training.train`, fold ``all``: every labelled
    and unlabelled case) with the distillation batches (:mod:`.data`) and loss (:mod:`.loss`) plugged into it;
 4. the student folder is an ordinary model folder (``fold_all/checkpoint_final.pt``, ``plans.json``,
-   ``splits.json`` copied from the teacher, ``model.json`` with the provenance), so ``seg3d predict``,
+   ``model.json`` with the provenance, which names the teacher's ``splits.json``), so ``seg3d predict``,
    ``evaluate`` and ``summary`` use it unchanged. Post-processing is *inherited* from the first teacher
    (its ``postprocessing.json``, decided on the teacher's out-of-fold cases); the student trains on every
    case, so it has no held-out cases of its own to decide on.
@@ -165,8 +165,6 @@ def distill(teachers: Sequence[str | Path], student_dir: str | Path, settings: D
 
     # --- the student folder's files, then training on the trainer's steps -------------------------------
     student.path.mkdir(parents=True, exist_ok=True)
-    if first.folder.splits_json.is_file() and not student.splits_json.is_file():
-        shutil.copy2(first.folder.splits_json, student.splits_json)
     inherited = first.folder.postprocessing_json.is_file()
     if inherited:
         shutil.copy2(first.folder.postprocessing_json, student.postprocessing_json)
@@ -179,6 +177,7 @@ def distill(teachers: Sequence[str | Path], student_dir: str | Path, settings: D
         "student": {"arch": arch, "features": list(plan.config(config_name).topology.features),
                     "features_scale": s.features_scale},
         "data": {"dataset_dir": str(dataset_dir), "labelled_cases": len(labelled),
+                 "teacher_splits": str(first.folder.splits_json) if first.folder.splits_json.is_file() else None,
                  "unlabelled": [r.to_dict() for r in records]},
         "postprocessing": (f"inherited from the teacher {first.model_dir.resolve()} (decided on its out-of-fold "
                            "cases)") if inherited else "none (the teacher has no postprocessing.json)",

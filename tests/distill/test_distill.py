@@ -13,10 +13,10 @@ QUIET = {"log": lambda s: None}
 
 def test_teacher_targets_equal_a_direct_predict(small_teacher, phantom_dir, tmp_path):
     """Targets (preprocessed grid, float16), taken back to the input grid, are `seg3d predict`'s probabilities."""
+    from seg3d.core.plan import Plan
     from seg3d.distill.targets import TargetStorage, TeacherEnsemble, compute_targets, decode, load_targets
     from seg3d.inference import Predictor
     from seg3d.io.layout import load_dataset, read_case_images
-    from seg3d.core.plan import Plan
     from seg3d.preprocessing import revert_to_original
     from seg3d.preprocessing.cache import build_cache
 
@@ -76,8 +76,8 @@ def test_interrupted_distillation_resumes_exactly(small_teacher, tmp_path):
 
 
 def test_student_is_an_ordinary_model_folder_with_provenance(small_teacher, tmp_path, phantom_dir):
-    from seg3d.distill import distill
     from seg3d.core.model_folder import ModelFolder
+    from seg3d.distill import distill
     from seg3d.inference import Predictor
     from seg3d.io.layout import load_dataset, read_case_images
 
