@@ -220,10 +220,14 @@ def stage_compare(a) -> None:
     env = dict(os.environ, nnUNet_raw=str(cmp_dir), nnUNet_preprocessed=str(cmp_dir), nnUNet_results=str(cmp_dir))
     res: dict = {"cases": ids, "cpu": cpu_kind(), "load_before": os.getloadavg(), "tag": a.tag,
                  "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    if a.only:  # rerun some configurations, keep the others' figures
+        res = {**json.loads((cmp_dir / "result.json").read_text()), "rerun": a.only}
+        runs = {k: v for k, v in runs.items() if k in a.only.split(",")}
     for name, cmd in runs.items():
         out = cmp_dir / f"out_{name}"
         shutil.rmtree(out, ignore_errors=True)
-        cmd = [*cmd[:2], "-i", str(inp), "-o", str(out), *cmd[2:]]
+        at = 1 if name.startswith("nnunet") else 2  # after the program (nnU-Net) or the sub-command (seg3d)
+        cmd = [*cmd[:at], "-i", str(inp), "-o", str(out), *cmd[at:]]
         log(" ".join(cmd))
         load0 = os.getloadavg()[0]
         sec, gb, rc = run_tree(cmd, env)
@@ -271,6 +275,7 @@ def main() -> None:
                     help="student stage: distil on the CV cases whose targets exist (when time runs out)")
     ap.add_argument("--test-cases", type=int, default=40, help="compare: the first N test cases")
     ap.add_argument("--tag", default="", help="compare: results in WORK/compare_TAG (e.g. unlocked)")
+    ap.add_argument("--only", default="", help="compare: rerun these configurations (comma-separated)")
     ap.add_argument("--fold-dice", action="store_true", help="compare: also folds 1-4 alone with TTA")
     ap.add_argument("--nnunet-bin", type=Path, default=REPO / ".venv" / "bin")
     ap.add_argument("--nnunet-plans", type=Path, default=Path("/work/bench_distill/nnunet/pre/Dataset004_Hippocampus"),
