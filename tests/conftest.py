@@ -48,6 +48,11 @@ def tiny_plan():
 
     Independent of the planner, so other stages can be tested on their own.
     """
+    return make_tiny_plan()
+
+
+def make_tiny_plan():
+    """The plan of the ``tiny_plan`` fixture (also for session-scoped fixtures)."""
     from seg3d.core.plan import ChannelNormalization, Configuration, Plan, Topology
 
     topo = Topology(kernel_sizes=((1, 3, 3), (3, 3, 3), (3, 3, 3)),

@@ -54,6 +54,9 @@ class ModelInfo:
     deep_supervision: bool = True
     seg3d_version: str = ""
     dataset_dir: str = ""  # absolute path of the training dataset ('' when unknown): CV references live there
+    # where the model came from when it was not trained on labels alone, e.g. ``seg3d distill``'s record of its
+    # teachers (folders, weight checksums, folds, TTA), temperature, alpha and data; None for ordinary training
+    provenance: dict | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelInfo:

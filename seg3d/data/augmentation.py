@@ -223,16 +223,27 @@ def _gamma(x: torch.Tensor, rng: np.random.Generator, bounds: tuple[float, float
 
 
 def augment_batch(image: torch.Tensor, label: torch.Tensor, patch: Sequence[int], params: AugmentationParams,
-                  rng: np.random.Generator, mirror_axes: Sequence[int] = (), anisotropic_axis: int | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+                  rng: np.random.Generator, mirror_axes: Sequence[int] = (), anisotropic_axis: int | None = None,
+                  soft: torch.Tensor | None = None):
     """Augment a batch of regions ``(B, C, *region)`` / ``(B, 1, *region)`` into patches ``(B, C, *patch)``.
 
     Runs on ``image.device``; labels keep their dtype and only values already present (nearest sampling, 0
-    outside the region).
+    outside the region). ``soft``: optional per-voxel class probabilities ``(B, K, *region)`` (a teacher's
+    targets, for distillation) that follow the image: the same rotation/scaling, resampled *linearly* like the
+    image (never nearest, never rounded), the same mirroring, no intensity transform; renormalized to sum 1
+    per voxel (voxels the rotation brought in from outside the region become background). With ``soft`` the
+    result is ``(image, label, soft float32 (B, K, *patch))``; the random draws are the same as without it.
     """
     patch = tuple(int(p) for p in patch)
     ndim = image.ndim - 2
+    c = image.shape[1]
+    if soft is not None:
+        if soft.shape[0] != image.shape[0] or soft.shape[2:] != image.shape[2:]:
+            raise ValueError(f"soft targets {tuple(soft.shape)} do not match the image {tuple(image.shape)}")
+        image = torch.cat([image.float(), soft.to(image.device, torch.float32)], dim=1)
     image, label = _spatial(image, label, patch, params, rng, anisotropic_axis)
+    if soft is not None:
+        image, soft = image[:, :c], image[:, c:]
     skip = anisotropic_axis if ndim == 3 else None
     image = torch.stack([_intensity(image[i], params, rng, skip) for i in range(image.shape[0])])
     for ax in mirror_axes:
@@ -244,4 +255,19 @@ def augment_batch(image: torch.Tensor, label: torch.Tensor, patch: Sequence[int]
             sel = torch.as_tensor(idx, device=image.device)
             image[sel] = image[sel].flip(ax + 2)
             label[sel] = label[sel].flip(ax + 2)
-    return image.contiguous(), label.contiguous()
+            if soft is not None:
+                soft[sel] = soft[sel].flip(ax + 2)
+    if soft is None:
+        return image.contiguous(), label.contiguous()
+    return image.contiguous(), label.contiguous(), normalize_probabilities(soft).contiguous()
+
+
+def normalize_probabilities(p: torch.Tensor) -> torch.Tensor:
+    """``p`` (B, K, ...) >= 0 scaled to sum 1 over K; where the sum is ~0, background (class 0) = 1."""
+    p = p.clamp_min(0)
+    total = p.sum(1, keepdim=True)
+    empty = total < 1e-6
+    p = p / total.clamp_min(1e-6)
+    if bool(empty.any()):
+        p[:, :1] = torch.where(empty, torch.ones_like(p[:, :1]), p[:, :1])
+    return p

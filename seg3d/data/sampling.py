@@ -76,9 +76,24 @@ def sample_patch(data: np.ndarray, seg: np.ndarray, fg: dict[int, np.ndarray], p
     2D patches from 3D cases: a slice along ``slice_axis`` (the forced foreground voxel's slice, or a random one),
     then the 2D patch from the remaining two axes.
     """
+    image, label = sample_aligned([(data, 0), (seg, 0)], fg, patch, rng, force_fg, region, slice_axis)
+    return image.astype(np.float32, copy=False), label.astype(np.int16, copy=False)
+
+
+def sample_aligned(arrays: Sequence[tuple[np.ndarray, float]], fg: dict[int, np.ndarray], patch: Sequence[int],
+                   rng: np.random.Generator, force_fg: bool = False, region: Sequence[int] | None = None,
+                   slice_axis: int | None = None) -> list[np.ndarray]:
+    """The same region of several arrays of one case, e.g. image, label and teacher probabilities.
+
+    ``arrays``: ``(array (c_i, *shape), fill value outside the array)`` pairs sharing the spatial shape; returns
+    ``(c_i, *region)`` arrays in their own dtypes. The random draws are those of :func:`sample_patch` (which
+    calls this with the image and the label), so adding arrays does not change the patches drawn.
+    """
     patch = tuple(patch)
     region = patch if region is None else tuple(region)
-    if len(patch) == data.ndim - 2:  # 2D patch from a 3D case
+    arrays = list(arrays)
+    first = arrays[0][0]
+    if len(patch) == first.ndim - 2:  # 2D patch from a 3D case
         if slice_axis is None:
             raise ValueError("a 2D patch from a 3D case needs slice_axis")
         classes = [c for c, v in (fg or {}).items() if len(v)] if force_fg else []
@@ -88,15 +103,12 @@ def sample_patch(data: np.ndarray, seg: np.ndarray, fg: dict[int, np.ndarray], p
             idx = int(loc[slice_axis])
             fg = {0: np.delete(locs[locs[:, slice_axis] == idx], slice_axis, axis=1)}
         else:
-            idx = int(rng.integers(data.shape[1 + slice_axis]))
+            idx = int(rng.integers(first.shape[1 + slice_axis]))
             fg = {}
-        data = np.take(data, idx, axis=1 + slice_axis)
-        seg = np.take(seg, idx, axis=1 + slice_axis)
-    corner = choose_center(data.shape[1:], patch, rng, fg, force_fg)
+        arrays = [(np.take(a, idx, axis=1 + slice_axis), f) for a, f in arrays]
+    corner = choose_center(arrays[0][0].shape[1:], patch, rng, fg, force_fg)
     corner = tuple(c - (r - p) // 2 for c, r, p in zip(corner, region, patch))
-    image = extract(data, corner, region, 0).astype(np.float32, copy=False)
-    label = extract(seg, corner, region, 0).astype(np.int16, copy=False)
-    return image, label
+    return [extract(a, corner, region, f) for a, f in arrays]
 
 
 def sample_batch(source: CaseSource, case_ids: Sequence[str], patch: Sequence[int], batch_size: int,

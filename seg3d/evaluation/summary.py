@@ -248,6 +248,7 @@ def summarize_models(model_dirs) -> dict:
     models = [summarize_model(d) for d in model_dirs]
     scored = [m for m in models if m["cv"]["mean_dice"] is not None]
     rec = []
+    ensemble = None
     if not scored:
         rec.append("No cross-validation results yet: nothing to recommend.")
     else:
@@ -261,7 +262,6 @@ def summarize_models(model_dirs) -> dict:
         if len({tuple(m["cv"]["case_ids"]) for m in scored}) > 1:
             rec.append("Caution: the models were cross-validated on different cases; the comparison is not "
                        "paired.")
-        ensemble = None
         if len(scored) > 1:
             ensemble, why = ensemble_cv([Path(m["model_dir"]) for m in scored])
             if ensemble is None:
