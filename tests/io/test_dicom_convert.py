@@ -55,3 +55,21 @@ def test_convert_series_and_their_segs_into_an_nnunet_dataset(tmp_path):
     assert (tmp_path / "Dataset900_Dicom" / "imagesTs" / "p3_ct_0000.nii.gz").is_file()
     with pytest.raises(Seg3dError, match="not empty"):
         convert_dicom(src, tmp_path / "Dataset900_Dicom")
+
+
+def test_convert_cli_reports_problems_and_exits_1(tmp_path):
+    from typer.testing import CliRunner
+
+    from seg3d.cli.main import app
+
+    src = tmp_path / "in"
+    write_series(src / "ok", truth_volume((4, 6, 6)))
+    write_series(src / "gap", truth_volume((4, 6, 6)), positions=[(0, 0, z) for z in (0, 2.5, 5, 10)])
+    res = CliRunner().invoke(app, ["convert", "dicom", str(src), "-o", str(tmp_path / "Dataset901_X"),
+                                   "--series-filter", "modality=CT"])
+    assert res.exit_code == 1, res.output
+    assert "1 unlabelled in imagesTs" in res.output and "non-uniform slice spacing" in res.output
+    assert (tmp_path / "Dataset901_X" / "imagesTs" / "ok_0000.nii.gz").is_file()
+    res = CliRunner().invoke(app, ["convert", "dicom", str(src), "-o", str(tmp_path / "Y"),
+                                   "--series-filter", "colour=red"])
+    assert res.exit_code == 1 and "unknown key 'colour'" in res.output
