@@ -150,8 +150,9 @@ def preview(image: np.ndarray, mask: np.ndarray, geometry, labels: dict[str, int
 def _class_colours(n: int) -> list[tuple[float, ...]]:
     from matplotlib import colormaps
 
-    cmap = colormaps["tab20" if n > 10 else "tab10"]
-    return [tuple(cmap(i % cmap.N)) for i in range(n)]
+    names = ("tab10",) if n <= 10 else ("tab20", "tab20b", "tab20c")  # up to 60 distinct colours
+    palette = [tuple(colormaps[m](i)) for m in names for i in range(colormaps[m].N)]
+    return [palette[i % len(palette)] for i in range(n)]
 
 
 def _canonical(ref_img, *arrays):
