@@ -221,6 +221,14 @@ def _text(ds, keyword: str) -> str:
     return str(value).strip()
 
 
+def _number_text(text: str) -> str:
+    """``"3"``, ``"3.0"`` and ``"3.000000"`` compare equal (reconstruction attributes are compared as text)."""
+    try:
+        return f"{float(text):.6g}"
+    except ValueError:
+        return text
+
+
 def _floats(value, n: int, what: str, where: str) -> tuple[float, ...]:
     try:
         out = tuple(float(v) for v in value)
@@ -243,7 +251,7 @@ def _frames_of(ds, path: Path) -> list[Frame]:
         pass
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    recon = (_text(ds, "ConvolutionKernel"), _text(ds, "SliceThickness"))
+    recon = (_text(ds, "ConvolutionKernel"), _number_text(_text(ds, "SliceThickness")))
     where = str(path)
     if "PerFrameFunctionalGroupsSequence" in ds:
         shared = ds.get("SharedFunctionalGroupsSequence", [None])[0]
@@ -275,7 +283,7 @@ def _frames_of(ds, path: Path) -> list[Frame]:
                              float(slope if slope not in (None, "") else 1),
                              float(icpt if icpt not in (None, "") else 0), _text(ds, "SOPInstanceUID"),
                              _localizer(ds) or any(str(v).upper() in LOCALIZER_TYPES for v in frame_type),
-                             (recon[0], str(thick) if thick != "" else recon[1])))
+                             (recon[0], _number_text(str(thick)) if thick != "" else recon[1])))
         return out
     if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
         return []
@@ -687,8 +695,8 @@ def read_series(series: DicomSeries) -> tuple[np.ndarray, Geometry, tuple[str, .
             if not np.array_equal(first, pixels(other)):
                 raise series.error(
                     f"two different images at one position ({group[0].where} and {other.where}, "
-                    f"{np.asarray(group[0].position).round(3).tolist()}): two reconstructions or time points share "
-                    "this series; export them as separate series")
+                    f"{np.asarray(group[0].position).round(3).tolist()}): two reconstructions, echoes or time points "
+                    "share this series; export them as separate series")
             if group[0].sop_instance_uid != other.sop_instance_uid or not other.sop_instance_uid:
                 notes.append(f"{other.where} repeats {group[0].where} (same position, identical voxels): read once")
         out[z] = first

@@ -58,9 +58,8 @@ def test_convert_series_and_their_segs_into_an_nnunet_dataset(tmp_path):
 
 
 def test_convert_cli_reports_problems_and_exits_1(tmp_path):
-    from typer.testing import CliRunner
-
     from seg3d.cli.main import app
+    from typer.testing import CliRunner
 
     src = tmp_path / "in"
     write_series(src / "ok", truth_volume((4, 6, 6)))

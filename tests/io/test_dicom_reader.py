@@ -343,3 +343,16 @@ def test_real_series_case_id_is_its_folder():
         pytest.skip(f"the shared DICOM series is absent ({SHARED_SERIES})")
     assert discover_series(SHARED_SERIES).series[0].case_id == "series"
     assert os.path.basename(SHARED_SERIES) == "series"
+
+
+def test_slice_thickness_written_differently_is_one_reconstruction(tmp_path):
+    import pydicom
+
+    stored = truth_volume((4, 6, 6))
+    paths = write_series(tmp_path / "s", stored)
+    for p, text in zip(paths, ("2.5", "2.50", "2.500000", "2.5")):
+        ds = pydicom.dcmread(p)
+        ds.SliceThickness = text
+        ds.save_as(p)
+    arr, _, _ = _only(tmp_path / "s")
+    np.testing.assert_array_equal(arr, stored - 1024.0)
