@@ -14,7 +14,8 @@ def register(app: typer.Typer) -> None:
     def predict(
         ctx: typer.Context,
         input_dir: Path = typer.Option(..., "-i", "--input", help="Folder of images: <case>_0000.nii.gz ... "
-                                       "(or <case>.nii.gz for one-channel models)."),
+                                       "(or <case>.nii.gz for one-channel models), and/or a folder tree of "
+                                       "DICOM series (found recursively; see data/README.md)."),
         output_dir: Path = typer.Option(..., "-o", "--output", help="Where the masks <case>.nii.gz go."),
         model_dir: Path = typer.Option(..., "-m", "--model", help="A model folder written by `seg3d train`."),
         config: str | None = typer.Option(None, "--config", help="Configuration (default: the model's)."),
@@ -37,6 +38,17 @@ def register(app: typer.Typer) -> None:
         num_parts: int = typer.Option(1, "--num-parts", help="Split the sorted case list into N parts ..."),
         part_id: int = typer.Option(0, "--part-id", help="... and predict part K (0-based)."),
         checkpoint: str = typer.Option("final", "--checkpoint", help="final, best or latest."),
+        output_format: list[str] | None = typer.Option(None, "--output-format", help="nifti, nrrd, mha or "
+                                                       "dicom-seg; repeat for several. Default: the input's "
+                                                       "format (DICOM series: nifti and dicom-seg)."),
+        statistics: bool = typer.Option(False, "--statistics", help="Per-structure volume, intensity, "
+                                        "bounding box, centroid (LPS) and components: statistics/<case>.json "
+                                        "and statistics.csv."),
+        preview: bool = typer.Option(False, "--preview", help="previews/<case>.png: three slices, mask over "
+                                     "image, legend."),
+        series_filter: list[str] | None = typer.Option(None, "--series-filter", help="Which DICOM series: "
+                                                       "modality=CT, description='*abdomen*', min-slices=20 "
+                                                       "(repeatable; all must match)."),
     ) -> None:
         """Segment every case in a folder; outputs carry each input's exact header."""
         from seg3d.core.device import set_threads
@@ -55,7 +67,9 @@ def register(app: typer.Typer) -> None:
         settings = guarded(lambda: PredictSettings(
             folds=fold_list or "all-available", tta=tta, step=step, device=device, precision=precision,
             checkpoint=checkpoint, postprocess=postprocess, save_probabilities=save_probabilities,
-            continue_=continue_, num_parts=num_parts, part_id=part_id, config=config))
+            continue_=continue_, num_parts=num_parts, part_id=part_id, config=config,
+            output_formats=tuple(output_format or ()), statistics=statistics, preview=preview,
+            series_filter=tuple(series_filter or ())))
         set_threads(None)
 
         def run():
@@ -104,6 +118,10 @@ def _print_summary(summary: dict) -> None:
     rate = f", {spc:.2f} s/case" if spc else ""
     out.print(f"predicted {s['predicted']}, skipped {s['skipped']} (already complete), failed "
               f"{len(s['failed'])} of {s['total']} case(s) in {s['seconds']:.1f} s{rate}")
+    for note in s.get("notes", []):
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    if s.get("ignored_files"):
+        out.print(f"{s['ignored_files']} file(s) in the input folder are not inputs (listed in the manifest)")
     if s["failed"]:
         console.print(f"[bold red]{len(s['failed'])} input(s) could not be predicted:[/]")
         for f in s["failed"]:

@@ -21,6 +21,7 @@ from seg3d.core.model_folder import ModelFolder
 from seg3d.core.settings import PredictSettings, settings_from
 from seg3d.errors import Seg3dError
 from seg3d.io.image import Geometry
+from seg3d.io.writers import OutputContext
 
 
 @dataclass
@@ -57,6 +58,7 @@ class Predictor:
         self.settings = settings_from(PredictSettings, settings, overrides)
         s = self.settings
         self.folder = (model_dir if isinstance(model_dir, ModelFolder) else ModelFolder(model_dir)).require()
+        self._context: OutputContext | None = None
         self.model_dir = self.folder.path
         self.info = self.folder.load_info()
         self.plan = self.folder.load_plan()
@@ -97,9 +99,20 @@ class Predictor:
     def mirror_axes(self) -> tuple[int, ...]:
         return tuple(self.config.mirror_axes) if self.tta else ()
 
+    def output_context(self) -> OutputContext:
+        """Class names and the model's identity (weights checksum of the folds used), for writers and manifests."""
+        if self._context is None:
+            from seg3d import __version__
+
+            checksum = self.folder.weights_checksum(self.folds, self.checkpoint)
+            self._context = OutputContext(dict(self.plan.labels), f"{self.plan.dataset_name} {self.config_name}",
+                                          checksum, __version__)
+        return self._context
+
     def describe(self) -> dict[str, Any]:
         """What a run manifest records about this predictor."""
         return {"model_dir": str(self.model_dir.resolve()), "config": self.config_name, "folds": self.folds,
+                "model_checksum": self.output_context().model_checksum,
                 "checkpoint": self.checkpoint, "device": str(self.device), "tta": self.tta,
                 "mirror_axes": list(self.mirror_axes), "step": self.step, "precision": self.precision,
                 "backend": self.settings.backend,

@@ -22,10 +22,16 @@ import numpy as np
 from seg3d.atomic import write_json_atomic, write_with_atomic
 from seg3d.core.settings import PredictSettings
 from seg3d.errors import Seg3dError
+from seg3d.inference.case_report import input_provenance, write_case_report, write_cohort_statistics
+from seg3d.io.dicom import SeriesFilter, is_dicom_file
+from seg3d.io.dicom_seg import reference_problem
+from seg3d.io.dicom_source import DICOM_FORMAT, list_dicom_sources
 from seg3d.io.image import read_header
 from seg3d.io.layout import group_channel_files
 from seg3d.io.sources import CaseSource
-from seg3d.io.writers import ending_of, format_for_path, writer_for
+from seg3d.io.writers import OutputContext, ending_of, format_for_path, writer_for
+
+DICOM_DEFAULT_FORMATS = ("nifti", "dicom-seg")  # a DICOM series' outputs when no --output-format is given
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,9 @@ class Job:
     source: CaseSource
     outputs: tuple[tuple[str, Path], ...]  # (writer format, path) per output format
     probabilities: Path | None = None  # <case>.npz with --save-probabilities
+    notes: tuple[str, ...] = ()  # e.g. why a DICOM-SEG is not written for this case
+    statistics: Path | None = None  # statistics/<case>.json with --statistics
+    preview: Path | None = None  # previews/<case>.png with --preview
 
     @property
     def case_id(self) -> str:
@@ -51,11 +60,14 @@ class CaseRecord:
     error: str | None = None
     path: str | None = None  # the file a failure is about
     seconds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    provenance: dict[str, Any] = field(default_factory=dict)  # input identity, model checksum, outputs
 
     def manifest_entry(self) -> dict[str, Any]:
         if self.status == "ok":
             return {"case": self.case, "status": "ok", "output": self.output,
-                    "seconds": {k: round(v, 4) for k, v in self.seconds.items()}}
+                    "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
+                    **({"notes": self.notes} if self.notes else {}), **self.provenance}
         if self.status == "skipped":
             return {"case": self.case, "status": "skipped", "output": self.output}
         return {"case": self.case, "status": "failed", "error": self.error}
@@ -72,6 +84,7 @@ class Inventory:
     todo: list[Job]
     skipped: list[CaseRecord]
     failed: list[CaseRecord]  # listing problems (reported by part 0 only)
+    ignored: list[tuple[str, str]] = field(default_factory=list)  # (file, why) not an input (part 0 only)
 
 
 @dataclass
@@ -82,6 +95,7 @@ class ReadCase:
     data: Any  # (C, *shape) float32 on the preprocessed grid
     props: Any  # CaseProperties
     seconds: dict[str, float]
+    image: Any = None  # the input (C, z, y, x) on its own grid, kept for --statistics / --preview
 
 
 # --- listing ---------------------------------------------------------------------------------------------
@@ -124,10 +138,39 @@ def split_parts(case_ids: list[str], num_parts: int, part_id: int) -> list[str]:
 
 
 def output_paths(source: CaseSource, out_dir: Path, formats: tuple[str, ...]) -> tuple[tuple[str, Path], ...]:
-    """``(format, out_dir/<case><ending>)`` per output format; no formats: the input's own format and ending."""
+    """``(format, out_dir/<case><ending>)`` per output format; no formats: the input's own format and ending
+    (a DICOM series: NIfTI and DICOM-SEG)."""
+    if not formats and source.format == DICOM_FORMAT:
+        formats = DICOM_DEFAULT_FORMATS
     if not formats:
         return ((format_for_path(source.reference), out_dir / f"{source.case_id}{source.ending}"),)
     return tuple((f, out_dir / f"{source.case_id}{writer_for(f).ending}") for f in formats)
+
+
+def case_formats(source, formats: tuple[str, ...]) -> tuple[tuple[str, ...], list[str]]:
+    """The formats this case can be written in, and one note per format it cannot.
+
+    A DICOM-SEG needs a DICOM series with UIDs; a series without them still gets its NIfTI.
+
+    Raises:
+        Seg3dError: nothing of ``formats`` can be written for this case.
+    """
+    if not formats and source.format == DICOM_FORMAT:
+        formats = DICOM_DEFAULT_FORMATS
+    if "dicom-seg" not in formats:
+        return formats, []
+    if source.format != DICOM_FORMAT:
+        why = f"no DICOM-SEG for '{source.case_id}': its input is not a DICOM series"
+    else:
+        why = reference_problem(source.series)
+    if why is None:
+        return formats, []
+    kept = tuple(f for f in formats if f != "dicom-seg")
+    if not kept and source.format == DICOM_FORMAT:
+        kept = ("nifti",)
+    if not kept:
+        raise Seg3dError(f"{why}; choose another --output-format", source.reference)
+    return kept, [why]
 
 
 def probabilities_path(out: Path) -> Path:
@@ -140,10 +183,22 @@ def output_complete(out_path: Path, expected_size: tuple[int, ...]) -> bool:
     """An existing output that opens and has the input's size (partial files never carry the final name)."""
     if not out_path.is_file():
         return False
+    if out_path.name.lower().endswith(".dcm"):  # a DICOM-SEG: a DICOM file with the series' rows and columns
+        return is_dicom_file(out_path) and _dicom_size(out_path) == tuple(expected_size[:2])
     try:
         return read_header(out_path).geometry.size == tuple(expected_size)
     except Seg3dError:
         return False
+
+
+def _dicom_size(path: Path) -> tuple[int, int] | None:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        return int(ds.Columns), int(ds.Rows)
+    except Exception:  # noqa: BLE001 - anything unreadable is incomplete
+        return None
 
 
 def job_complete(job: Job) -> bool:
@@ -154,38 +209,60 @@ def job_complete(job: Job) -> bool:
         return False
     if job.probabilities is not None and not job.probabilities.is_file():
         return False
+    if any(p is not None and not p.is_file() for p in (job.statistics, job.preview)):
+        return False
     return all(output_complete(p, size) for _, p in job.outputs)
 
 
-def list_inputs(in_dir: str | Path, out_dir: str | Path, num_channels: int, settings: PredictSettings) -> Inventory:
+def list_inputs(in_dir: str | Path, out_dir: str | Path, num_channels: int, settings: PredictSettings,
+                channel_names: tuple[str, ...] | None = None) -> Inventory:
     """Every input file of ``in_dir`` accounted for: jobs of this part, complete outputs (``continue_``)
     skipped, and files that cannot be a case (named; part 0 reports them).
 
+    Image files ``<case>_XXXX<ending>`` at the top of ``in_dir``, and DICOM series anywhere below it
+    (:mod:`seg3d.io.dicom`; ``settings.series_filter`` picks them; ``channel_names`` checks their modality).
+
     Raises:
-        Seg3dError: the input folder is missing, or an output would overwrite its input.
+        Seg3dError: the input folder is missing, an option is invalid, or an output would overwrite its input.
     """
+    from seg3d.inference.case_report import preview_path, statistics_path
+
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     for f in settings.output_formats:
         writer_for(f)  # an unknown format fails before any work
+    series_filter = SeriesFilter.parse(settings.series_filter)
     cases, problems = list_input_cases(in_dir, num_channels)
-    ids = split_parts(list(cases), settings.num_parts, settings.part_id)
-    failed = [CaseRecord(c, "failed", error=f"{p}: {m}", path=str(p)) for c, p, m in problems] \
-        if settings.part_id == 0 else []
+    sources: dict[str, Any] = {cid: CaseSource.from_files(cid, paths) for cid, paths in cases.items()}
+    dicom = list_dicom_sources(in_dir, channel_names or ("",) * num_channels, series_filter, taken_ids=set(cases),
+                               exclude=out_dir)
+    sources.update({s.case_id: s for s in dicom.sources})
+    problems = problems + dicom.problems
+    ids = split_parts(list(sources), settings.num_parts, settings.part_id)
+    first = settings.part_id == 0
+    failed = [CaseRecord(c, "failed", error=f"{p}: {m}", path=str(p)) for c, p, m in problems] if first else []
     todo: list[Job] = []
     skipped: list[CaseRecord] = []
     for cid in ids:
-        source = CaseSource.from_files(cid, cases[cid])
-        outputs = output_paths(source, out_dir, settings.output_formats)
+        source = sources[cid]
+        try:
+            formats, notes = case_formats(source, settings.output_formats)
+        except Seg3dError as e:
+            failed.append(CaseRecord(cid, "failed", error=str(e), path=str(source.reference)))
+            continue
+        outputs = output_paths(source, out_dir, formats)
         inputs = {p.resolve() for p in source.channels}
         for _, out in outputs:
             if out.resolve() in inputs:
                 raise Seg3dError("the output would overwrite its input: choose another output folder", out)
-        job = Job(source, outputs, probabilities_path(outputs[0][1]) if settings.save_probabilities else None)
+        job = Job(source, outputs, probabilities_path(outputs[0][1]) if settings.save_probabilities else None,
+                  tuple(notes), statistics_path(out_dir, cid) if settings.statistics else None,
+                  preview_path(out_dir, cid) if settings.preview else None)
         if settings.continue_ and job_complete(job):
             skipped.append(CaseRecord(cid, "skipped", output=str(outputs[0][1])))
             continue
         todo.append(job)
-    return Inventory(ids, todo, skipped, failed)
+    ignored = [(str(p), why) for p, why in dicom.skipped] if first else []
+    return Inventory(ids, todo, skipped, failed, ignored)
 
 
 # --- one case ----------------------------------------------------------------------------------------------
@@ -196,7 +273,9 @@ def read_job(job: Job, predictor) -> ReadCase:
     data, geometry = job.source.read(predictor.plan.num_channels)
     t1 = time.perf_counter()
     pdata, props = predictor.preprocess(data, geometry, where=job.source.reference)
-    return ReadCase(job, pdata, props, {"read": t1 - t0, "preprocess": time.perf_counter() - t1})
+    keep = job.statistics is not None or job.preview is not None
+    return ReadCase(job, pdata, props, {"read": t1 - t0, "preprocess": time.perf_counter() - t1},
+                    image=data if keep else None)
 
 
 def predict_job(read: ReadCase, predictor):
@@ -213,12 +292,42 @@ def write_job(read: ReadCase, probs, predictor) -> CaseRecord:
     t0 = time.perf_counter()
     labels, p = predictor.export(probs, read.props, probabilities=job.probabilities is not None)
     t1 = time.perf_counter()
+    context = output_context(predictor)
+    geometry = read.props.geometry
     for fmt, path in job.outputs:
-        writer_for(fmt).write(labels, read.props.geometry, job.source, path)
+        writer_for(fmt).write(labels, geometry, job.source, path, context)
     if p is not None:
         write_probabilities(job.probabilities, p, predictor.label_values)
     seconds = {**read.seconds, "export": t1 - t0, "write": time.perf_counter() - t1}
-    return CaseRecord(job.case_id, "ok", output=str(job.outputs[0][1]), seconds=seconds)
+    extras = {}
+    if job.statistics is not None or job.preview is not None:
+        t2 = time.perf_counter()
+        extras = write_case_report(job.outputs[0][1].parent, job.case_id, read.image, labels, geometry,
+                                   context.labels, statistics=job.statistics is not None,
+                                   preview=job.preview is not None, source_name=str(job.source.reference))
+        read.image = None
+        seconds["report"] = time.perf_counter() - t2
+    provenance = {"input": input_provenance(job.source), "model_checksum": context.model_checksum,
+                  "outputs": [{"path": str(path), "format": fmt} for fmt, path in job.outputs]
+                  + ([{"path": str(job.probabilities), "format": "probabilities-npz"}] if p is not None else [])
+                  + [{"path": path, "format": kind} for kind, path in extras.items()]}
+    return CaseRecord(job.case_id, "ok", output=str(job.outputs[0][1]), seconds=seconds, notes=list(job.notes),
+                      provenance=provenance)
+
+
+def output_context(predictor) -> OutputContext:
+    """The class names and model identity writers record (``predictor.output_context()`` where it has one)."""
+    if hasattr(predictor, "output_context"):
+        return predictor.output_context()
+    from seg3d import __version__
+
+    return OutputContext({"background": 0, **{f"class_{v}": int(v) for v in predictor.label_values if v}},
+                         seg3d_version=__version__)
+
+
+def finish_run(out_dir: Path, settings: PredictSettings) -> Path | None:
+    """After the cases: the cohort ``statistics.csv`` from every case's statistics (``--statistics``)."""
+    return write_cohort_statistics(Path(out_dir)) if settings.statistics else None
 
 
 def failed_record(job: Job, err: BaseException) -> CaseRecord:
@@ -281,9 +390,11 @@ def write_manifest(in_dir: Path, out_dir: Path, inventory: Inventory, records: d
                 "input_dir": str(Path(in_dir).resolve()), "output_dir": str(Path(out_dir).resolve()),
                 "num_parts": settings.num_parts, "part_id": settings.part_id, "continue": settings.continue_,
                 "save_probabilities": settings.save_probabilities,
-                "output_formats": list(settings.output_formats), **predictor.describe(),
+                "output_formats": list(settings.output_formats), "statistics": settings.statistics,
+                "preview": settings.preview, "series_filter": list(settings.series_filter), **predictor.describe(),
                 "cases": [records[c].manifest_entry() for c in inventory.case_ids if c in records],
-                "failures": [f.failure() for f in failures]}
+                "failures": [f.failure() for f in failures],
+                "ignored_files": [{"path": p, "reason": r} for p, r in inventory.ignored]}
     path = Path(out_dir) / manifest_name(settings)
     write_json_atomic(path, manifest)
     return path
@@ -297,6 +408,8 @@ def summarize(inventory: Inventory, records: dict[str, CaseRecord], failures: li
     return {"total": len(inventory.case_ids), "predicted": len(ok),
             "skipped": sum(1 for r in records.values() if r.status == "skipped"),
             "failed": [f.failure() for f in failures], "seconds": seconds,
+            "notes": [n for c in inventory.case_ids if c in records for n in records[c].notes],
+            "ignored_files": len(inventory.ignored),
             "seconds_per_case": loop_seconds / len(ok) if ok else None,
             "network_seconds_per_case": float(np.mean(net)) if net else None, "manifest": str(manifest)}
 

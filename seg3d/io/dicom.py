@@ -302,10 +302,12 @@ def _frames_of(ds, path: Path) -> list[Frame]:
 
 # --------------------------------------------------------------------------------------------- discovery
 
-def _walk(root: Path) -> list[Path]:
+def _walk(root: Path, exclude: Path | None = None) -> list[Path]:
     out = []
+    skip = exclude.resolve() if exclude is not None else None
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and (skip is None or (Path(dirpath) / d).resolve() != skip))
         out.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
     return out
 
@@ -316,7 +318,7 @@ def _has_image_ending(path: Path) -> bool:
 
 
 def discover_series(root: str | Path, series_filter: SeriesFilter | None = None,
-                    include_image_files: bool = False) -> DicomInventory:
+                    include_image_files: bool = False, exclude: str | Path | None = None) -> DicomInventory:
     """Find every DICOM series under ``root`` (recursively) and account for every other file.
 
     Args:
@@ -324,6 +326,7 @@ def discover_series(root: str | Path, series_filter: SeriesFilter | None = None,
         series_filter: series it rejects go to ``skipped`` with the reason.
         include_image_files: also list files with a NIfTI/NRRD/MHA ending in ``skipped`` (by default they are
             left out silently: ``seg3d predict`` reads them as images).
+        exclude: a folder below ``root`` not to search (``seg3d predict``'s output folder inside its input).
 
     Returns:
         A :class:`DicomInventory`; series carry their case id (:func:`assign_case_ids`).
@@ -338,7 +341,7 @@ def discover_series(root: str | Path, series_filter: SeriesFilter | None = None,
     inv = DicomInventory()
     groups: dict[str, list[tuple[Path, object, list[Frame]]]] = defaultdict(list)
     broken_by_folder: dict[Path, list[str]] = defaultdict(list)
-    for path in _walk(root):
+    for path in _walk(root, Path(exclude) if exclude is not None else None):
         if _has_image_ending(path):
             if include_image_files:
                 inv.skipped.append((path, "an image file, not DICOM"))

@@ -103,13 +103,13 @@ class DicomListing:
 
 
 def list_dicom_sources(in_dir: str | Path, channel_names: tuple[str, ...], series_filter: SeriesFilter | None = None,
-                       taken_ids=()) -> DicomListing:
+                       taken_ids=(), exclude: str | Path | None = None) -> DicomListing:
     """DICOM series under ``in_dir`` as sources for a model with ``channel_names``.
 
     Series the model cannot take (several channels, another modality) and unreadable files are problems,
     named with their case id; ids in ``taken_ids`` (image-file cases of the same folder) are avoided.
     """
-    inv = discover_series(in_dir, series_filter)
+    inv = discover_series(in_dir, series_filter, exclude=exclude)
     taken = set(taken_ids)
     series = []
     for s in inv.series:  # an image file case of the same name keeps its id; the series gets a suffix

@@ -44,13 +44,15 @@ def predict_folder(in_dir: str | Path, out_dir: str | Path, model_dir: str | Pat
         warning = precision_warning(predictor.precision, predictor.device)
         if warning and log:
             log(f"warning: {warning}")
-    inventory = stages.list_inputs(in_dir, out_dir, predictor.plan.num_channels, settings)
+    inventory = stages.list_inputs(in_dir, out_dir, predictor.plan.num_channels, settings,
+                                   getattr(predictor.plan, "channel_names", None))
     out_dir.mkdir(parents=True, exist_ok=True)
     records: dict[str, CaseRecord] = {r.case: r for r in inventory.skipped}
     failures = list(inventory.failed)
     t_loop = time.perf_counter()
     try:
         _pipeline(inventory.todo, predictor, records, failures, progress, log)
+        stages.finish_run(out_dir, settings)
     finally:
         seconds = time.perf_counter() - t_start
         manifest = stages.write_manifest(in_dir, out_dir, inventory, records, failures, settings, predictor,
