@@ -158,3 +158,25 @@ def test_cli_predict_dicom_with_a_trained_model_records_its_checksum(tmp_path, t
     assert want in ident.AlgorithmParameters and ident.AlgorithmName.startswith("seg3d ")
     assert [x.SegmentLabel for x in seg.SegmentSequence] == ["core", "rim", "satellite"]
     assert (tmp_path / "out" / "statistics.csv").is_file() and (tmp_path / "out" / "previews" / "s1.png").is_file()
+
+
+def test_real_series_without_uids_gets_a_nifti_on_simpleitks_grid_and_a_one_line_note(tmp_path):
+    import SimpleITK as sitk
+
+    folder = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "DICOM_TotalSegExampleCT"
+    if not (folder / "series").is_dir():
+        pytest.skip(f"the shared DICOM series is absent ({folder})")
+    # the series folder itself (its parent also holds a NIfTI, which would be a second case)
+    s = predict_folder(folder / "series", tmp_path / "out", None, predictor=BrightPredictor(), statistics=True)
+    assert s["predicted"] == 1 and not s["failed"]
+    assert len(s["notes"]) == 1 and "\n" not in s["notes"][0] and "SeriesInstanceUID" in s["notes"][0]
+    assert not (tmp_path / "out" / "series.dcm").exists()
+    nifti = read_image(tmp_path / "out" / "series.nii.gz")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder / "series")))
+    ref = reader.Execute()
+    assert not nifti.geometry.mismatches(Geometry.from_sitk(ref), rtol=1e-6, atol_mm=1e-4)
+    hu = sitk.GetArrayFromImage(ref).astype(np.float32)
+    np.testing.assert_array_equal(nifti.array, hu > hu.mean())
+    m = json.loads((tmp_path / "out" / "predict_manifest.json").read_text())
+    assert m["cases"][0]["input"]["instances"] == 20 and m["cases"][0]["input"]["study_instance_uid"] == ""
