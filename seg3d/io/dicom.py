@@ -358,22 +358,30 @@ def discover_series(root: str | Path, series_filter: SeriesFilter | None = None,
             damage = _damage(ds, path, sop_class)
             if damage:
                 raise Seg3dError(damage, path)
-            frames = _frames_of(ds, path)
+            if sop_class == SEG_SOP_CLASS or _text(ds, "Modality") == "SEG":
+                inv.segmentations.append(path)
+                continue
+            try:
+                frames = _frames_of(ds, path)
+            except Seg3dError as e:
+                if sop_class in VOLUME_SOP_CLASSES:
+                    raise
+                # RT dose grids, ultrasound cines, ...: objects this reader does not place are skipped, not errors
+                why = str(e).removeprefix(f"{path}: ")
+                inv.skipped.append((path, f"not a volume this reader places ({_text(ds, 'Modality') or '?'}): {why}"))
+                continue
         except Exception as e:  # noqa: BLE001 - pydicom raises many kinds for a damaged file
             reason = (str(e).removeprefix(f"{path}: ") if isinstance(e, Seg3dError)
                       else f"unreadable DICOM file ({type(e).__name__}: {e})")
             inv.problems.append((path, reason))
             broken_by_folder[path.parent].append(f"{path.name}: {reason}")
             continue
-        if sop_class == SEG_SOP_CLASS or _text(ds, "Modality") == "SEG":
-            inv.segmentations.append(path)
-            continue
         if not frames:
             what = _text(ds, "Modality") or "no modality"
             reason = f"no image geometry ({what}, SOP class {sop_class or 'empty'}): not part of a 3D volume"
             inv.skipped.append((path, reason))
             continue
-        groups[_group_key(ds, path)].append((path, ds, frames))
+        groups[_group_key(ds, path)].append((path, _series_tags(ds), frames))  # not the pixels: bounded memory
 
     for key, members in groups.items():
         series = _make_series(key, members)
@@ -440,7 +448,17 @@ def _group_key(ds, path: Path) -> str:
     return "nouid:" + "|".join(parts)
 
 
-def _make_series(key: str, members: list[tuple[Path, object, list[Frame]]]) -> DicomSeries:
+_SERIES_TAGS = ("Modality", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID", "SOPClassUID",
+                "SeriesDescription", "SeriesNumber", "PatientID", "StudyDate")
+
+
+def _series_tags(ds) -> dict[str, str]:
+    tags = {k: _text(ds, k) for k in _SERIES_TAGS}
+    tags["SOPClassUID"] = _sop_class(ds)
+    return tags
+
+
+def _make_series(key: str, members: list[tuple[Path, dict[str, str], list[Frame]]]) -> DicomSeries:
     members = sorted(members, key=lambda m: str(m[0]))
     ds = members[0][1]
     files = tuple(m[0] for m in members)
@@ -450,11 +468,10 @@ def _make_series(key: str, members: list[tuple[Path, object, list[Frame]]]) -> D
         notes.append("SeriesInstanceUID is empty: files grouped by folder, StudyInstanceUID, FrameOfReferenceUID, "
                      "Modality, SeriesNumber and SeriesDescription")
     return DicomSeries(key=key, folder=folder, files=files, frames=tuple(f for m in members for f in m[2]),
-                       modality=_text(ds, "Modality"), series_uid=_text(ds, "SeriesInstanceUID"),
-                       study_uid=_text(ds, "StudyInstanceUID"),
-                       frame_of_reference_uid=_text(ds, "FrameOfReferenceUID"), sop_class_uid=_text(ds, "SOPClassUID"),
-                       description=_text(ds, "SeriesDescription"), series_number=_text(ds, "SeriesNumber"),
-                       patient_id=_text(ds, "PatientID"), study_date=_text(ds, "StudyDate"), notes=tuple(notes))
+                       modality=ds["Modality"], series_uid=ds["SeriesInstanceUID"], study_uid=ds["StudyInstanceUID"],
+                       frame_of_reference_uid=ds["FrameOfReferenceUID"], sop_class_uid=ds["SOPClassUID"],
+                       description=ds["SeriesDescription"], series_number=ds["SeriesNumber"],
+                       patient_id=ds["PatientID"], study_date=ds["StudyDate"], notes=tuple(notes))
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

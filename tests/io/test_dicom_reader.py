@@ -356,3 +356,19 @@ def test_slice_thickness_written_differently_is_one_reconstruction(tmp_path):
         ds.save_as(p)
     arr, _, _ = _only(tmp_path / "s")
     np.testing.assert_array_equal(arr, stored - 1024.0)
+
+
+def test_rt_dose_like_multiframe_without_positions_beside_a_ct_is_skipped_not_an_error(tmp_path):
+    import pydicom
+
+    stored = truth_volume((4, 6, 6))
+    write_series(tmp_path / "rt", stored)
+    ds = pydicom.dcmread(next((tmp_path / "rt").iterdir()))
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.481.2"  # RT Dose
+    ds.Modality, ds.NumberOfFrames, ds.SeriesInstanceUID = "RTDOSE", 2, "1.2.3.4"
+    ds.PixelData = ds.PixelData * 2
+    ds.save_as(tmp_path / "rt" / "dose.dcm")
+    inv = discover_series(tmp_path)
+    assert not inv.problems and [s.case_id for s in inv.series] == ["rt"]
+    assert any(p.name == "dose.dcm" and "not a volume this reader places" in r for p, r in inv.skipped)
+    np.testing.assert_array_equal(read_series(inv.series[0])[0], stored - 1024.0)
