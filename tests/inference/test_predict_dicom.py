@@ -146,9 +146,14 @@ def test_cli_predict_dicom_with_a_trained_model_records_its_checksum(tmp_path, t
 
     src = tmp_path / "in"
     write_series(src / "s1", truth_volume((6, 40, 36), seed=1), modality="MR")  # the tiny plan's channel is MRI
+    write_series(src / "s2", truth_volume((4, 8, 8), seed=2), modality="MR",
+                 positions=[(0, 0, z) for z in (0.0, 2.5, 5.0, 10.0)])
+    (src / "s1" / "broken").mkdir()
+    (src / "s1" / "broken" / "x.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 8)
     res = CliRunner().invoke(app, ["predict", "-i", str(src), "-o", str(tmp_path / "out"), "-m", str(tiny_model_dir),
                                    "--device", "cpu", "--no-tta", "--statistics", "--preview"])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output  # a series refused and a broken file: reported, the rest predicted
+    assert "predicted 1" in res.output and "non-uniform slice spacing" in res.output and "x.dcm" in res.output
     m = json.loads((tmp_path / "out" / "predict_manifest.json").read_text())
     folder = ModelFolder(tiny_model_dir)
     want = folder.weights_checksum(m["folds"], "final")
