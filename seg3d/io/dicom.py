@@ -18,7 +18,8 @@ Rules (each one documented here and in ``data/README.md``, each one tested):
   along the normal (row cosine x column cosine), never by file name or InstanceNumber; the slice axis of the
   Geometry is that normal, so the direction matrix is right-handed, as SimpleITK's.
 * **Refused** with a :class:`~seg3d.errors.Seg3dError` naming the series and the values: fewer than
-  :data:`MIN_SLICES` distinct positions; non-uniform spacing (a gap); two different images at one position
+  :data:`MIN_SLICES` distinct positions; non-uniform spacing (a gap: a slice more than :data:`SPACING_TOL` of
+  the spacing off a uniform grid); two different images at one position
   (two reconstructions or time points in one series); mixed orientations, pixel spacings or matrix sizes;
   mixed ConvolutionKernel/SliceThickness (two reconstructions sharing one SeriesInstanceUID); a sheared grid
   (gantry tilt: positions drift in-plane); colour images; frames without a position; undecodable pixel data
@@ -50,8 +51,8 @@ from seg3d.errors import Seg3dError
 from seg3d.io.image import SUPPORTED_ENDINGS, Geometry
 
 MIN_SLICES = 3  # fewer distinct positions: the spacing cannot be checked for uniformity
-SPACING_RTOL = 0.01  # a slice step may differ from the median step by 1 % (or SPACING_ATOL_MM)
-SPACING_ATOL_MM = 1e-3
+SPACING_TOL = 0.05  # slices may sit off the uniform grid by 5 % of the slice spacing (or SPACING_ATOL_MM)
+SPACING_ATOL_MM = 0.01
 SAME_POSITION_MM = 0.01  # closer than this along the normal: the same position
 ORIENTATION_ATOL = 1e-4  # direction cosines of all slices agree to this
 PIXEL_SPACING_RTOL = 1e-4
@@ -595,14 +596,18 @@ def series_layout(series: DicomSeries) -> SeriesLayout:
     d = np.array([np.asarray(g[0].position) @ normal for g in slices])
     steps = np.diff(d)
     median = float(np.median(steps))
-    bad = np.nonzero(np.abs(steps - median) > max(SPACING_RTOL * median, SPACING_ATOL_MM))[0]
-    if bad.size:
-        k = int(bad[0])
+    uniform = d[0] + np.arange(len(d)) * (d[-1] - d[0]) / (len(d) - 1)
+    off = float(np.abs(d - uniform).max())  # how far a uniform grid would misplace a slice
+    tol = max(SPACING_TOL * (d[-1] - d[0]) / (len(d) - 1), SPACING_ATOL_MM)
+    if off > tol:
+        k = int(np.argmax(np.abs(steps - median)))
+        differ = int((np.abs(steps - median) > tol).sum())
         kind = "a gap (missing slices?)" if steps[k] > median else "slices closer than the rest"
         raise series.error(
-            f"non-uniform slice spacing: steps are {median:.4g} mm but {bad.size} step(s) differ, first "
+            f"non-uniform slice spacing: steps are {median:.4g} mm but {differ} step(s) differ, the largest "
             f"{steps[k]:.4g} mm between {slices[k][0].where} (at {d[k]:.4g} mm along the normal) and "
-            f"{slices[k + 1][0].where} (at {d[k + 1]:.4g} mm): {kind}")
+            f"{slices[k + 1][0].where} (at {d[k + 1]:.4g} mm): {kind}; a uniform grid would misplace slices by "
+            f"up to {off:.3g} mm")
     first = np.asarray(slices[0][0].position)
     rel = np.array([g[0].position for g in slices]) - first
     drift = rel - np.outer(rel @ normal, normal)
@@ -613,8 +618,8 @@ def series_layout(series: DicomSeries) -> SeriesLayout:
         angle = float(np.degrees(np.arctan2(max_drift, extent)))
         raise series.error(
             f"sheared grid (gantry tilt): slice positions drift {max_drift:.3g} mm in-plane over {extent:.4g} mm "
-            f"(about {angle:.2f} degrees off the slice normal); seg3d does not resample tilted series: "
-            "ask for a reconstruction without tilt, or resample it first")
+            f"(about {angle:.2f} degrees off the slice normal; or slices of different fields of view); seg3d "
+            "does not resample tilted series: ask for a reconstruction without tilt, or resample it first")
     spacing_z = float(d[-1] - d[0]) / (len(slices) - 1)
     direction = np.stack([row, col, normal], axis=1)
     geometry = Geometry((frames[0].columns, frames[0].rows, len(slices)),

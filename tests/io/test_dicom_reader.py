@@ -372,3 +372,16 @@ def test_rt_dose_like_multiframe_without_positions_beside_a_ct_is_skipped_not_an
     assert not inv.problems and [s.case_id for s in inv.series] == ["rt"]
     assert any(p.name == "dose.dcm" and "not a volume this reader places" in r for p, r in inv.skipped)
     np.testing.assert_array_equal(read_series(inv.series[0])[0], stored - 1024.0)
+
+
+def test_position_jitter_below_the_tolerance_is_read_and_a_small_gap_is_not(tmp_path):
+    stored = truth_volume((6, 6, 6))
+    jitter = [0.0, 0.004, -0.006, 0.005, -0.003, 0.0]  # mm, as DS rounding leaves it: 0.24 % of 2.5 mm
+    write_series(tmp_path / "j", stored, positions=[(0, 0, 2.5 * k + e) for k, e in enumerate(jitter)])
+    arr, geo, _ = _only(tmp_path / "j")
+    np.testing.assert_array_equal(arr, stored - 1024.0)
+    assert geo.spacing[2] == pytest.approx(2.5)
+    z = [0.0, 2.5, 5.0, 7.5, 10.8, 13.3]  # one step 0.3 mm (12 %) too long: a uniform grid is 0.48 mm off
+    write_series(tmp_path / "g", stored, positions=[(0, 0, v) for v in z])
+    with pytest.raises(Seg3dError, match=r"the largest 3\.3 mm.*misplace slices by up to 0\.48 mm"):
+        read_series(discover_series(tmp_path / "g").series[0])
