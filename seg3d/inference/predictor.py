@@ -104,7 +104,10 @@ class Predictor:
         if self._context is None:
             from seg3d import __version__
 
-            checksum = self.folder.weights_checksum(self.folds, self.checkpoint)
+            try:
+                checksum = self.folder.weights_checksum(self.folds, self.checkpoint)
+            except (Seg3dError, OSError) as e:  # a model without plain checkpoint files (e.g. another runtime)
+                checksum = f"unavailable ({e})"
             self._context = OutputContext(dict(self.plan.labels), f"{self.plan.dataset_name} {self.config_name}",
                                           checksum, __version__)
         return self._context
