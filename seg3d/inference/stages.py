@@ -26,10 +26,10 @@ from seg3d.inference.case_report import input_provenance, write_case_report, wri
 from seg3d.io.dicom import SeriesFilter, is_dicom_file
 from seg3d.io.dicom_seg import reference_problem
 from seg3d.io.dicom_source import DICOM_FORMAT, list_dicom_sources
-from seg3d.io.image import read_header
+from seg3d.io.image import ending_of, read_header
 from seg3d.io.layout import group_channel_files
 from seg3d.io.sources import CaseSource
-from seg3d.io.writers import OutputContext, ending_of, format_for_path, writer_for
+from seg3d.io.writers import OutputContext, format_for_path, writer_for
 
 DICOM_DEFAULT_FORMATS = ("nifti", "dicom-seg")  # a DICOM series' outputs when no --output-format is given
 
