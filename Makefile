@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, pinned: a bare requirement could pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,openvino]'
+	$(BIN)/pip install --quiet -e '.[dev,openvino,dicom]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -36,7 +36,7 @@ test-fast: lint-imports
 # replace seg3d's pinned CPU torch 2.13 with a multi-GB CUDA build (seen 2026-11-30). Benchmarks take
 # --nnunet-bin .venv-nnunet/bin.
 bench: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[dev,openvino]' psutil
+	$(BIN)/pip install --quiet -e '.[dev,openvino,dicom]' psutil
 	$(PY) -m venv .venv-nnunet
 	.venv-nnunet/bin/pip install --quiet 'nnunetv2==2.8.1' psutil
 

@@ -16,7 +16,7 @@ app = typer.Typer(
 
 # Modules that add commands with ``register(app)``; imported at start, so they keep heavy imports inside
 # their command functions (``seg3d --help`` stays fast).
-COMMAND_MODULES = ("check", "plan", "train", "predict", "evaluate", "demo", "download", "export", "distill")
+COMMAND_MODULES = ("check", "plan", "train", "predict", "evaluate", "demo", "download", "export", "distill", "convert")
 
 
 @app.callback()

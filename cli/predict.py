@@ -14,7 +14,8 @@ def register(app: typer.Typer) -> None:
     def predict(
         ctx: typer.Context,
         input_dir: Path = typer.Option(..., "-i", "--input", help="Folder of images: <case>_0000.nii.gz ... "
-                                       "(or <case>.nii.gz for one-channel models)."),
+                                       "(or <case>.nii.gz for one-channel models), and/or a folder tree of "
+                                       "DICOM series (found recursively; see data/README.md)."),
         output_dir: Path = typer.Option(..., "-o", "--output", help="Where the masks <case>.nii.gz go."),
         model_dir: Path = typer.Option(..., "-m", "--model", help="A model folder written by `seg3d train`, or "
                                        "a bundle written by `seg3d export`."),
@@ -40,9 +41,18 @@ def register(app: typer.Typer) -> None:
         checkpoint: str = typer.Option("final", "--checkpoint", help="final, best or latest."),
         backend: str = typer.Option("auto", "--backend", help="Inference runtime: auto (torch on CUDA; on the CPU "
                                     "OpenVINO when installed, else torch), torch or openvino."),
-        output_formats: list[str] | None = typer.Option(None, "--output-format", help="Mask format: nifti, nrrd "
-                                                        "or mha; repeat for several (default: the input's)."),
+        output_formats: list[str] | None = typer.Option(None, "--output-format", help="Mask format: nifti, nrrd, "
+                                                        "mha or dicom-seg; repeat for several. Default: the "
+                                                        "input's format (DICOM series: nifti and dicom-seg)."),
         threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
+        statistics: bool = typer.Option(False, "--statistics", help="Per-structure volume, intensity, "
+                                        "bounding box, centroid (LPS) and components: statistics/<case>.json "
+                                        "and statistics.csv."),
+        preview: bool = typer.Option(False, "--preview", help="previews/<case>.png: three slices, mask over "
+                                     "image, legend."),
+        series_filter: list[str] | None = typer.Option(None, "--series-filter", help="Which DICOM series: "
+                                                       "modality=CT, description='*abdomen*', min-slices=20 "
+                                                       "(repeatable; all must match)."),
     ) -> None:
         """Segment every case in a folder; outputs carry each input's exact header."""
         from seg3d.core.device import set_threads
@@ -57,7 +67,8 @@ def register(app: typer.Typer) -> None:
             folds=fold_list or "all-available", tta=tta, step=step, device=device, precision=precision,
             checkpoint=checkpoint, postprocess=postprocess, save_probabilities=save_probabilities,
             continue_=continue_, num_parts=num_parts, part_id=part_id, config=config, backend=backend,
-            output_formats=tuple(output_formats or ())))
+            output_formats=tuple(output_formats or ()), statistics=statistics, preview=preview,
+            series_filter=tuple(series_filter or ())))
         guarded(lambda: set_threads(threads))
 
         def run():

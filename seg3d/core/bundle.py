@@ -160,6 +160,11 @@ class Bundle:
     def load_postprocessing_dict(self) -> dict | None:
         return self._as_model_folder().load_postprocessing_dict()
 
+    def weights_checksum(self, folds=None, kind: str = "final") -> str:
+        """The checksum of the model folder's checkpoints this bundle was exported from (provenance: the same
+        value a prediction from that model folder records)."""
+        return self.manifest().source_weights_sha256
+
     def available_folds(self, kind: str = "final") -> list[str]:
         """The folds the bundle holds (``kind`` is the model folder's notion; a bundle holds one kind)."""
         return list(self.manifest().folds)

@@ -121,8 +121,13 @@ class PredictSettings:
         config: configuration (``None``: the model's).
         backend: inference runtime: ``auto`` (torch on CUDA; OpenVINO on the CPU when installed, else torch),
             ``torch`` or ``openvino`` (:data:`seg3d.inference.backends.BACKENDS`).
-        output_formats: mask formats to write (``nifti``, ``nrrd``, ``mha``; :data:`seg3d.io.writers.WRITERS`);
-            empty: the input's own format and file ending.
+        output_formats: mask formats to write (``nifti``, ``nrrd``, ``mha``, ``dicom-seg``;
+            :data:`seg3d.io.writers.WRITERS`); empty: the input's own format and file ending (a DICOM series:
+            NIfTI and DICOM-SEG).
+        statistics: write ``statistics/<case>.json`` per case and ``statistics.csv`` for the run.
+        preview: write ``previews/<case>.png`` per case.
+        series_filter: which DICOM series to predict (``modality=CT``, ``description=*abd*``, ``min-slices=20``;
+            all must match; :class:`seg3d.io.dicom.SeriesFilter`).
     """
 
     folds: str | tuple[str, ...] = ALL_AVAILABLE
@@ -139,11 +144,15 @@ class PredictSettings:
     config: str | None = None
     backend: str = "auto"
     output_formats: tuple[str, ...] = ()
+    statistics: bool = False
+    preview: bool = False
+    series_filter: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         folds = parse_folds(self.folds)
         object.__setattr__(self, "folds", folds if folds == ALL_AVAILABLE else tuple(folds))
-        object.__setattr__(self, "output_formats", tuple(self.output_formats))
+        object.__setattr__(self, "output_formats", tuple(dict.fromkeys(self.output_formats)))
+        object.__setattr__(self, "series_filter", tuple(self.series_filter))
         if not 0.0 < float(self.step) <= 1.0:
             raise Seg3dError(f"step must be in (0, 1], got {self.step}")
         object.__setattr__(self, "step", float(self.step))

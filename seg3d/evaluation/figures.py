@@ -94,6 +94,69 @@ def montage(image: np.ndarray, ref: np.ndarray, pred: np.ndarray, spacing_zyx, c
     _save(fig, out_path)
 
 
+def preview(image: np.ndarray, mask: np.ndarray, geometry, labels: dict[str, int], out_path: Path,
+            title: str = "") -> list[str]:
+    """One PNG: axial, coronal and sagittal slices through the segmented structures' centre, mask over image.
+
+    Args:
+        image: ``(z, y, x)`` intensities (or ``(C, z, y, x)``: first channel) on the mask's grid.
+        mask: label values ``(z, y, x)``; geometry: their grid (drawn canonical, in millimetres).
+        labels: ``{name: value}``; the legend lists the classes present in the mask.
+
+    Returns:
+        The names of the classes present (those in the legend).
+    """
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    from seg3d.io.image import Reorientation
+
+    img = image[0] if image.ndim == 4 else image
+    ro = Reorientation.to_canonical(geometry)
+    sz, sy, sx = ro.geometry(geometry).spacing_zyx
+    img, lab = np.asarray(ro.apply(img), dtype=np.float32), np.asarray(ro.apply(mask))
+    present = [(n, int(v)) for n, v in sorted(labels.items(), key=lambda nv: nv[1])
+               if int(v) != 0 and (lab == int(v)).any()]
+    colours = _class_colours(len(present))
+    index = np.zeros(lab.shape, np.int16)  # 0 = nothing, k = k-th present class
+    for k, (_, v) in enumerate(present, start=1):
+        index[lab == v] = k
+    cmap = ListedColormap([(0, 0, 0, 0)] + [(*c[:3], 0.45) for c in colours])
+    nz, ny, nx = lab.shape
+    cz, cy, cx = _centre(lab, lab)
+    lo, hi = _window(img)
+    views = [("axial", (cz, slice(None), slice(None)), (0, nx * sx, ny * sy, 0), "upper"),
+             ("coronal", (slice(None), cy, slice(None)), (0, nx * sx, 0, nz * sz), "lower"),
+             ("sagittal", (slice(None), slice(None), cx), (0, ny * sy, 0, nz * sz), "lower")]
+    fig = _figure(MONTAGE_SIZE_IN)
+    for ax, (name, sl, extent, origin) in zip(fig.subplots(1, 3), views):
+        ax.imshow(img[sl], cmap="gray", vmin=lo, vmax=hi, extent=extent, origin=origin, interpolation="nearest")
+        ax.imshow(index[sl], cmap=cmap, vmin=0, vmax=max(len(present), 1), extent=extent, origin=origin,
+                  interpolation="nearest")
+        ax.set_title(name, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    handles = [Patch(color=c, label=n) for (n, _), c in zip(present, colours)]
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False, fontsize=8)
+    else:
+        fig.text(0.5, 0.04, "no structure segmented", ha="center")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    rows = 1 + (len(handles) - 1) // 6 if handles else 1
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.86, bottom=min(0.08 + 0.05 * rows, 0.45), wspace=0.05)
+    _save(fig, out_path)
+    return [n for n, _ in present]
+
+
+def _class_colours(n: int) -> list[tuple[float, ...]]:
+    from matplotlib import colormaps
+
+    names = ("tab10",) if n <= 10 else ("tab20", "tab20b", "tab20c")  # up to 60 distinct colours
+    palette = [tuple(colormaps[m](i)) for m in names for i in range(colormaps[m].N)]
+    return [palette[i % len(palette)] for i in range(n)]
+
+
 def _canonical(ref_img, *arrays):
 
     ro = Reorientation.to_canonical(ref_img.geometry)

@@ -24,6 +24,7 @@ from seg3d.errors import Seg3dError
 from seg3d.inference.backends import BACKENDS, LoadedModel, backend_note, resolve_backend
 from seg3d.inference.sliding_window import sliding_window_predict
 from seg3d.io.image import Geometry
+from seg3d.io.writers import OutputContext
 from seg3d.postprocessing import PostprocessingRule
 from seg3d.preprocessing import indices_to_labels, preprocess_case, revert_to_original
 
@@ -64,6 +65,7 @@ class Predictor:
         s = self.settings
         model = load_model(model_dir, s)
         self.folder, self.model_dir = model.folder, model.folder.path
+        self._context: OutputContext | None = None
         self.info, self.plan = model.info, model.plan
         self.config_name, self.config, self.device = model.config_name, model.config, model.device
         self.tta, self.step, self.precision, self.checkpoint = s.tta, s.step, s.precision, s.checkpoint
@@ -84,9 +86,23 @@ class Predictor:
     def mirror_axes(self) -> tuple[int, ...]:
         return tuple(self.config.mirror_axes) if self.tta else ()
 
+    def output_context(self) -> OutputContext:
+        """Class names and the model's identity (weights checksum of the folds used), for writers and manifests."""
+        if self._context is None:
+            from seg3d import __version__
+
+            try:
+                checksum = self.folder.weights_checksum(self.folds, self.checkpoint)
+            except (Seg3dError, OSError) as e:  # a model without plain checkpoint files (e.g. another runtime)
+                checksum = f"unavailable ({e})"
+            self._context = OutputContext(dict(self.plan.labels), f"{self.plan.dataset_name} {self.config_name}",
+                                          checksum, __version__)
+        return self._context
+
     def describe(self) -> dict[str, Any]:
         """What a run manifest records about this predictor."""
         return {"model_dir": str(self.model_dir.resolve()), "config": self.config_name, "folds": self.folds,
+                "model_checksum": self.output_context().model_checksum,
                 "checkpoint": self.checkpoint, "device": str(self.device), "tta": self.tta,
                 "mirror_axes": list(self.mirror_axes), "step": self.step, "precision": self.precision,
                 "backend": self.backend,

@@ -23,12 +23,18 @@ from seg3d.atomic import describe_os_error, storage_error, write_json_atomic, wr
 from seg3d.core.settings import PredictSettings
 from seg3d.errors import Seg3dError
 from seg3d.inference.accounting import account_inputs
+from seg3d.inference.case_report import input_provenance, write_case_report, write_cohort_statistics
+from seg3d.io.dicom import SeriesFilter, is_dicom_file
+from seg3d.io.dicom_seg import reference_problem
+from seg3d.io.dicom_source import DICOM_FORMAT, DicomListing, list_dicom_sources
 from seg3d.io.image import ending_of, incomplete_reason
 from seg3d.io.input_folder import InputIssue, list_case_folder
 from seg3d.io.nifti import file_orientation_warnings
 from seg3d.io.niigz import nonfinite_voxels
 from seg3d.io.sources import CaseSource
-from seg3d.io.writers import format_for_path, writer_for
+from seg3d.io.writers import OutputContext, format_for_path, writer_for
+
+DICOM_DEFAULT_FORMATS = ("nifti", "dicom-seg")  # a DICOM series' outputs when no --output-format is given
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,9 @@ class Job:
     source: CaseSource
     outputs: tuple[tuple[str, Path], ...]  # (writer format, path) per output format
     probabilities: Path | None = None  # <case>.npz with --save-probabilities
+    notes: tuple[str, ...] = ()  # e.g. why a DICOM-SEG is not written for this case
+    statistics: Path | None = None  # statistics/<case>.json with --statistics
+    preview: Path | None = None  # previews/<case>.png with --preview
 
     @property
     def case_id(self) -> str:
@@ -60,14 +69,15 @@ class CaseRecord:
     path: str | None = None  # the file a failure is about
     seconds: dict[str, float] = field(default_factory=dict)
     kind: str | None = None
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # one line each: what an output could not keep, or lacks
     warnings: list[str] = field(default_factory=list)
+    provenance: dict[str, Any] = field(default_factory=dict)  # input identity, model checksum, outputs
 
     def manifest_entry(self) -> dict[str, Any]:
         extra = {k: v for k, v in (("header_notes", self.notes), ("warnings", self.warnings)) if v}
         if self.status == "ok":
             return {"case": self.case, "status": "ok", "output": self.output,
-                    "seconds": {k: round(v, 4) for k, v in self.seconds.items()}, **extra}
+                    "seconds": {k: round(v, 4) for k, v in self.seconds.items()}, **extra, **self.provenance}
         if self.status == "skipped":
             return {"case": self.case, "status": "skipped", "output": self.output}
         return {"case": self.case, "status": "failed", "error": self.error, "kind": self.kind, **extra}
@@ -99,6 +109,7 @@ class ReadCase:
     props: Any  # CaseProperties
     seconds: dict[str, float]
     warnings: list[str] = field(default_factory=list)  # about the input files, naming them
+    image: Any = None  # the input (C, z, y, x) on its own grid, kept for --statistics / --preview
 
 
 # --- listing ---------------------------------------------------------------------------------------------
@@ -121,10 +132,39 @@ def split_parts(case_ids: list[str], num_parts: int, part_id: int) -> list[str]:
 
 
 def output_paths(source: CaseSource, out_dir: Path, formats: tuple[str, ...]) -> tuple[tuple[str, Path], ...]:
-    """``(format, out_dir/<case><ending>)`` per output format; no formats: the input's own format and ending."""
+    """``(format, out_dir/<case><ending>)`` per output format; no formats: the input's own format and ending
+    (a DICOM series: NIfTI and DICOM-SEG)."""
+    if not formats and source.format == DICOM_FORMAT:
+        formats = DICOM_DEFAULT_FORMATS
     if not formats:
         return ((format_for_path(source.reference), out_dir / f"{source.case_id}{source.ending}"),)
     return tuple((f, out_dir / f"{source.case_id}{writer_for(f).ending}") for f in formats)
+
+
+def case_formats(source, formats: tuple[str, ...]) -> tuple[tuple[str, ...], list[str]]:
+    """The formats this case can be written in, and one note per format it cannot.
+
+    A DICOM-SEG needs a DICOM series with UIDs; a series without them still gets its NIfTI.
+
+    Raises:
+        Seg3dError: nothing of ``formats`` can be written for this case.
+    """
+    if not formats and source.format == DICOM_FORMAT:
+        formats = DICOM_DEFAULT_FORMATS
+    if "dicom-seg" not in formats:
+        return formats, []
+    if source.format != DICOM_FORMAT:
+        why = f"no DICOM-SEG for '{source.case_id}': its input is not a DICOM series"
+    else:
+        why = reference_problem(source.series)
+    if why is None:
+        return formats, []
+    kept = tuple(f for f in formats if f != "dicom-seg")
+    if not kept and source.format == DICOM_FORMAT:
+        kept = ("nifti",)
+    if not kept:
+        raise Seg3dError(f"{why}; choose another --output-format", source.reference)
+    return kept, [why]
 
 
 def probabilities_path(out: Path) -> Path:
@@ -134,26 +174,43 @@ def probabilities_path(out: Path) -> Path:
 
 
 def output_complete(out_path: Path, expected_size: tuple[int, ...]) -> bool:
-    """An existing output that fully decodes with the input's size (see :func:`seg3d.io.image.incomplete_reason`)."""
-    return out_path.is_file() and incomplete_reason(out_path, expected_size) is None
+    """An existing output that fully decodes with the input's size (see :func:`seg3d.io.image.incomplete_reason`);
+    a DICOM-SEG (``.dcm``): a DICOM file with the series' rows and columns."""
+    if not out_path.is_file():
+        return False
+    if out_path.name.lower().endswith(".dcm"):
+        return is_dicom_file(out_path) and _dicom_size(out_path) == tuple(expected_size[:2])
+    return incomplete_reason(out_path, expected_size) is None
+
+
+def _dicom_size(path: Path) -> tuple[int, int] | None:
+    import pydicom  # the dicom extra; only for DICOM-SEG outputs
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        return int(ds.Columns), int(ds.Rows)
+    except Exception:  # noqa: BLE001 - anything unreadable is incomplete
+        return None
 
 
 def job_incomplete(job: Job) -> str | None:
     """Why ``job``'s outputs are not all complete (``"missing"`` when one does not exist); None when they are.
 
-    Complete: every output fully decodes with the input's size, and the probabilities file (if asked for) is a
-    whole ``.npz`` (``--continue``).
+    Complete: every output fully decodes with the input's size, the probabilities file (if asked for) is a
+    whole ``.npz``, and the statistics/preview files asked for exist (``--continue``).
     """
     if not all(p.is_file() for _, p in job.outputs):
+        return "missing"
+    if any(p is not None and not p.is_file() for p in (job.statistics, job.preview)):
         return "missing"
     try:
         size = job.source.size()
     except Seg3dError:
         return "the input cannot be read"
     for _, p in job.outputs:
-        why = incomplete_reason(p, size)
-        if why is not None:
-            return f"{p}: {why}"
+        if not output_complete(p, size):
+            why = incomplete_reason(p, size) if not p.name.lower().endswith(".dcm") else "not a whole DICOM-SEG"
+            return f"{p}: {why or 'incomplete'}"
     if job.probabilities is not None and not _npz_complete(job.probabilities):
         return f"{job.probabilities}: missing or incomplete"
     return None
@@ -174,35 +231,55 @@ def _npz_complete(path: Path) -> bool:
         return False
 
 
-def list_inputs(in_dir: str | Path, out_dir: str | Path, num_channels: int, settings: PredictSettings) -> Inventory:
+def list_inputs(in_dir: str | Path, out_dir: str | Path, num_channels: int, settings: PredictSettings,
+                channel_names: tuple[str, ...] | None = None) -> Inventory:
     """Every input file of ``in_dir`` accounted for: jobs of this part, complete outputs (``continue_``)
     skipped, and files that cannot be a case (named; part 0 reports them).
 
+    Image files ``<case>_XXXX<ending>`` at the top of ``in_dir``, and DICOM series anywhere below it
+    (:mod:`seg3d.io.dicom`; ``settings.series_filter`` picks them; ``channel_names`` checks their modality).
+
     Raises:
-        Seg3dError: the input folder is missing, or an output would overwrite its input.
+        Seg3dError: the input folder is missing, an option is invalid, or an output would overwrite its input.
     """
+    from seg3d.inference.case_report import preview_path, statistics_path
+
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     for f in settings.output_formats:
         writer_for(f)  # an unknown format fails before any work
+    series_filter = SeriesFilter.parse(settings.series_filter)
     listing = list_case_folder(in_dir, num_channels, exclude=(out_dir,))
-    if listing.num_files == 0:
+    cases: dict[str, tuple[Path, ...]] = dict(listing.cases)
+    dicom = list_dicom_sources(in_dir, channel_names or ("",) * num_channels, series_filter,
+                               taken_ids=set(cases), exclude=out_dir)
+    sources: dict[str, Any] = {cid: CaseSource.from_files(cid, paths) for cid, paths in cases.items()}
+    sources.update({s.case_id: s for s in dicom.sources})
+    cases.update({s.case_id: tuple(s.channels) for s in dicom.sources})
+    all_issues = _merge_dicom_issues(list(listing.issues), dicom, Path(out_dir))
+    if not cases and not all_issues:
         raise Seg3dError("the input folder is empty", in_dir)
-    cases = listing.cases
-    ids = split_parts(list(cases), settings.num_parts, settings.part_id)
-    issues = list(listing.issues) if settings.part_id == 0 else []  # each part would list them again
+    ids = split_parts(list(sources), settings.num_parts, settings.part_id)
+    issues = all_issues if settings.part_id == 0 else []  # each part would list them again
     failed = [CaseRecord(i.case_id, "failed", error=i.message, path=str(i.paths[0]), kind=i.kind)
               for i in issues if i.status == "failed"]
     todo: list[Job] = []
     skipped: list[CaseRecord] = []
     redo: dict[str, str] = {}
     for cid in ids:
-        source = CaseSource.from_files(cid, cases[cid])
-        outputs = output_paths(source, out_dir, settings.output_formats)
+        source = sources[cid]
+        try:
+            formats, notes = case_formats(source, settings.output_formats)
+        except Seg3dError as e:
+            failed.append(CaseRecord(cid, "failed", error=str(e), path=str(source.reference), kind="output format"))
+            continue
+        outputs = output_paths(source, out_dir, formats)
         inputs = {p.resolve() for p in source.channels}
         for _, out in outputs:
             if out.resolve() in inputs:
                 raise Seg3dError("the output would overwrite its input: choose another output folder", out)
-        job = Job(source, outputs, probabilities_path(outputs[0][1]) if settings.save_probabilities else None)
+        job = Job(source, outputs, probabilities_path(outputs[0][1]) if settings.save_probabilities else None,
+                  tuple(notes), statistics_path(out_dir, cid) if settings.statistics else None,
+                  preview_path(out_dir, cid) if settings.preview else None)
         if settings.continue_:
             why = job_incomplete(job)
             if why is None:
@@ -212,6 +289,32 @@ def list_inputs(in_dir: str | Path, out_dir: str | Path, num_channels: int, sett
                 redo[cid] = why
         todo.append(job)
     return Inventory(ids, todo, skipped, failed, issues, {c: cases[c] for c in ids}, redo, in_dir)
+
+
+def _merge_dicom_issues(issues: list[InputIssue], dicom: DicomListing, out_dir: Path) -> list[InputIssue]:
+    """The top-level listing's issues with the recursive DICOM listing folded in, each file once.
+
+    A top-level file that belongs to a DICOM series is an input, not "not an image"; a subfolder holding DICOM
+    series is accounted file by file (its series, and its other files as skipped), not as one skipped folder;
+    series the model cannot take and unreadable DICOM files are failures naming the series or file.
+    """
+    used = {p for s in dicom.sources for p in s.channels}
+
+    top = {p for i in issues for p in i.paths}
+
+    def holds(folder: Path) -> bool:
+        return any(folder in q.parents for q in used | {p for _, p, _ in dicom.problems})
+
+    out = [i for i in issues
+           if not (i.kind == "not an image" and i.paths[0] in used)
+           and not (i.kind == "folder" and i.paths[0] != out_dir and holds(i.paths[0]))]
+    kept_folders = [i.paths[0] for i in out if i.kind == "folder"]
+    for p, why in dicom.skipped:
+        if p not in top and not any(f in p.parents for f in kept_folders):
+            out.append(InputIssue("skipped", "not DICOM", (p,), why))
+    for cid, p, why in dicom.problems:
+        out.append(InputIssue("failed", "dicom", (p,), why, cid))
+    return out
 
 
 # --- one case ----------------------------------------------------------------------------------------------
@@ -224,7 +327,9 @@ def read_job(job: Job, predictor) -> ReadCase:
     t1 = time.perf_counter()
     pdata, props = predictor.preprocess(data, geometry, where=job.source.reference)
     warnings = [f"{p}: {w}" for p in job.source.channels for w in file_orientation_warnings(p, geometry)]
-    return ReadCase(job, pdata, props, {"read": t1 - t0, "preprocess": time.perf_counter() - t1}, warnings)
+    keep = job.statistics is not None or job.preview is not None
+    return ReadCase(job, pdata, props, {"read": t1 - t0, "preprocess": time.perf_counter() - t1}, warnings,
+                    image=data if keep else None)
 
 
 def _check_finite(source: CaseSource, data: np.ndarray) -> None:
@@ -233,7 +338,7 @@ def _check_finite(source: CaseSource, data: np.ndarray) -> None:
     for c in range(data.shape[0]):
         path = source.channels[0 if source.four_d else min(c, len(source.channels) - 1)]
         bad = int(data[c].size - np.count_nonzero(np.isfinite(data[c])))
-        if not bad and (c == 0 or not source.four_d):
+        if not bad and (c == 0 or not source.four_d) and ending_of(path.name) is not None:
             bad = nonfinite_voxels(path)
         if bad:
             raise Seg3dError(f"{bad} voxel(s) are NaN or infinite", path)
@@ -253,14 +358,43 @@ def write_job(read: ReadCase, probs, predictor) -> CaseRecord:
     t0 = time.perf_counter()
     labels, p = predictor.export(probs, read.props, probabilities=job.probabilities is not None)
     t1 = time.perf_counter()
-    notes: list[str] = []
+    context = output_context(predictor)
+    geometry = read.props.geometry
+    notes: list[str] = list(job.notes)
     for fmt, path in job.outputs:
-        notes += [f"{path}: {n}" for n in writer_for(fmt).write(labels, read.props.geometry, job.source, path) or ()]
+        notes += [f"{path}: {n}" for n in writer_for(fmt).write(labels, geometry, job.source, path, context) or ()]
     if p is not None:
         write_probabilities(job.probabilities, p, predictor.label_values)
     seconds = {**read.seconds, "export": t1 - t0, "write": time.perf_counter() - t1}
+    extras = {}
+    if job.statistics is not None or job.preview is not None:
+        t2 = time.perf_counter()
+        extras = write_case_report(job.outputs[0][1].parent, job.case_id, read.image, labels, geometry,
+                                   context.labels, statistics=job.statistics is not None,
+                                   preview=job.preview is not None, source_name=str(job.source.reference))
+        read.image = None
+        seconds["report"] = time.perf_counter() - t2
+    provenance = {"input": input_provenance(job.source), "model_checksum": context.model_checksum,
+                  "outputs": [{"path": str(path), "format": fmt} for fmt, path in job.outputs]
+                  + ([{"path": str(job.probabilities), "format": "probabilities-npz"}] if p is not None else [])
+                  + [{"path": path, "format": kind} for kind, path in extras.items()]}
     return CaseRecord(job.case_id, "ok", output=str(job.outputs[0][1]), seconds=seconds, notes=notes,
-                      warnings=list(read.warnings))
+                      warnings=list(read.warnings), provenance=provenance)
+
+
+def output_context(predictor) -> OutputContext:
+    """The class names and model identity writers record (``predictor.output_context()`` where it has one)."""
+    if hasattr(predictor, "output_context"):
+        return predictor.output_context()
+    from seg3d import __version__  # stand-in predictors (tests, other runtimes) without a model folder
+
+    return OutputContext({"background": 0, **{f"class_{v}": int(v) for v in predictor.label_values if v}},
+                         seg3d_version=__version__)
+
+
+def finish_run(out_dir: Path, settings: PredictSettings) -> Path | None:
+    """After the cases: the cohort ``statistics.csv`` from every case's statistics (``--statistics``)."""
+    return write_cohort_statistics(Path(out_dir)) if settings.statistics else None
 
 
 def failed_record(job: Job, err: BaseException) -> CaseRecord:
@@ -334,7 +468,8 @@ def write_manifest(in_dir: Path, out_dir: Path, inventory: Inventory, records: d
                 "input_dir": str(Path(in_dir).resolve()), "output_dir": str(Path(out_dir).resolve()),
                 "num_parts": settings.num_parts, "part_id": settings.part_id, "continue": settings.continue_,
                 "save_probabilities": settings.save_probabilities,
-                "output_formats": list(settings.output_formats), **predictor.describe(),
+                "output_formats": list(settings.output_formats), "statistics": settings.statistics,
+                "preview": settings.preview, "series_filter": list(settings.series_filter), **predictor.describe(),
                 "cases": [records[c].manifest_entry() for c in inventory.case_ids if c in records],
                 "failures": [f.failure() for f in failures]}
     inputs, counts = account_inputs(inventory.issues, inventory.files, records)
@@ -368,6 +503,7 @@ def summarize(inventory: Inventory, records: dict[str, CaseRecord], failures: li
     return {"total": len(inventory.case_ids) + sum(1 for i in inventory.issues if i.status == "failed"),
             "predicted": len(ok), "skipped": sum(1 for r in records.values() if r.status == "skipped"),
             "failed": [f.failure() for f in failures], "seconds": seconds,
+            "notes": [n for c in inventory.case_ids if c in records for n in records[c].notes],
             "seconds_per_case": loop_seconds / len(ok) if ok else None,
             "network_seconds_per_case": float(np.mean(net)) if net else None,
             "manifest": None if manifest is None else str(manifest), "manifest_note": manifest_note,

@@ -12,15 +12,17 @@ Every writer is atomic (temporary file in the same folder, then rename) and keep
   exactly the input's grid; otherwise it goes through SimpleITK with the Geometry.
 * ``nrrd`` (``.nrrd``/``.nhdr``), ``mha`` (``.mha``/``.mhd``): SimpleITK with the input's Geometry; detached
   headers are written as a pair, header last; every SimpleITK write is measured before its final name.
+* ``dicom-seg`` (``.dcm``): a DICOM-SEG on the source DICOM series (:mod:`seg3d.io.dicom_seg`, highdicom);
+  it needs a DICOM source and the :class:`OutputContext` (class names, the model's identity).
 
 ``write`` returns what of the source's header could not be kept, one line each (usually nothing), and raises
 :class:`~seg3d.errors.Seg3dError` naming the output file and the cause (no space left, read-only, ...).
 
-A new format (e.g. DICOM-SEG) is one class with ``format``, ``ending`` and ``write``, registered in
-:data:`WRITERS`.
+A new format is one class with ``format``, ``ending`` and ``write``, registered in :data:`WRITERS`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -36,17 +38,29 @@ if TYPE_CHECKING:
     from seg3d.io.sources import CaseSource
 
 
+@dataclass(frozen=True)
+class OutputContext:
+    """What some formats record beside the voxels (DICOM-SEG): the class names and the model's identity."""
+
+    labels: dict[str, int] = field(default_factory=dict)  # dataset.json labels: name -> value
+    model_name: str = ""
+    model_checksum: str = ""  # ModelFolder.weights_checksum of the folds used
+    seg3d_version: str = ""
+
+
 class MaskWriter(Protocol):
     """Writes a label mask for one case. ``format``: the registry name; ``ending``: the default file ending."""
 
     format: str
     ending: str
 
-    def write(self, mask: np.ndarray, geometry: Geometry, source: CaseSource | None, path: Path) -> list[str]:
+    def write(self, mask: np.ndarray, geometry: Geometry, source: CaseSource | None, path: Path,
+              context: OutputContext | None = None) -> list[str]:
         """``mask`` ``(z, y, x)`` (label values, input array order) on ``geometry`` (the input's), written to
         ``path`` atomically; ``source`` is the case it was predicted from (its header or series, when the
-        format can carry them over), ``None`` when there is none. Returns what of the source's header could
-        not be kept, one line each. Raises Seg3dError naming ``path`` when it cannot be written."""
+        format can carry them over), ``None`` when there is none; ``context`` what the model is (formats
+        that record it). Returns what of the source's header could not be kept, one line each. Raises
+        Seg3dError naming ``path`` when it cannot be written."""
 
 
 class NiftiWriter:
@@ -55,7 +69,8 @@ class NiftiWriter:
     format = "nifti"
     ending = ".nii.gz"
 
-    def write(self, mask: np.ndarray, geometry: Geometry, source: CaseSource | None, path: Path) -> list[str]:
+    def write(self, mask: np.ndarray, geometry: Geometry, source: CaseSource | None, path: Path,
+              context: OutputContext | None = None) -> list[str]:
         return write_like(mask, geometry, path, source.reference if source is not None else None)
 
 
@@ -65,15 +80,38 @@ class SitkWriter:
     def __init__(self, format_name: str, ending: str):
         self.format, self.ending = format_name, ending
 
-    def write(self, mask: np.ndarray, geometry: Geometry, source: CaseSource | None, path: Path) -> list[str]:
+    def write(self, mask: np.ndarray, geometry: Geometry, source: CaseSource | None, path: Path,
+              context: OutputContext | None = None) -> list[str]:
         write_image(mask, geometry, path)
         return _lost_orientation(source.reference if source is not None else None, geometry, path)
+
+
+class DicomSegWriter:
+    """DICOM-SEG on the source series (a :class:`~seg3d.io.dicom_source.DicomSource`)."""
+
+    format = "dicom-seg"
+    ending = ".dcm"
+
+    def write(self, mask: np.ndarray, geometry: Geometry, source: CaseSource | None, path: Path,
+              context: OutputContext | None = None) -> list[str]:
+        from seg3d.io.dicom_seg import SegAlgorithm, write_dicom_seg
+
+        series = getattr(source, "series", None)
+        if series is None:
+            where = source.reference if source is not None else path
+            raise Seg3dError("a DICOM-SEG needs a DICOM series as input (this case is not one)", where)
+        context = context or OutputContext()
+        labels = context.labels or {"background": 0, **{f"class_{v}": int(v) for v in np.unique(mask) if v}}
+        write_dicom_seg(mask, series, path, labels,
+                        SegAlgorithm(context.model_name or "model", context.seg3d_version, context.model_checksum))
+        return []
 
 
 WRITERS: dict[str, MaskWriter] = {
     "nifti": NiftiWriter(),
     "nrrd": SitkWriter("nrrd", ".nrrd"),
     "mha": SitkWriter("mha", ".mha"),
+    "dicom-seg": DicomSegWriter(),
 }
 
 # file endings SimpleITK reads -> the writer format keeping that ending
@@ -102,12 +140,12 @@ def format_for_path(path: str | Path) -> str:
     return _ENDING_FORMATS[e]
 
 
-def write_mask(mask: np.ndarray, geometry: Geometry, path: str | Path,
-               source: CaseSource | None = None) -> list[str]:
+def write_mask(mask: np.ndarray, geometry: Geometry, path: str | Path, source: CaseSource | None = None,
+               context: OutputContext | None = None) -> list[str]:
     """Write ``mask`` with the writer its path's ending asks for (``.nii.gz`` -> header-preserving NIfTI);
     returns the writer's notes (what of the source's header could not be kept)."""
     path = Path(path)
-    return writer_for(format_for_path(path)).write(mask, geometry, source, path)
+    return writer_for(format_for_path(path)).write(mask, geometry, source, path, context)
 
 
 def write_like(array: np.ndarray, geometry: Geometry, out_path: str | Path,

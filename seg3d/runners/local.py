@@ -49,7 +49,8 @@ def predict_folder(in_dir: str | Path, out_dir: str | Path, model_dir: str | Pat
             log(f"warning: {warning}")
         if predictor.backend_note:
             log(predictor.backend_note)
-    inventory = stages.list_inputs(in_dir, out_dir, predictor.plan.num_channels, settings)
+    inventory = stages.list_inputs(in_dir, out_dir, predictor.plan.num_channels, settings,
+                                   getattr(predictor.plan, "channel_names", None))
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -57,10 +58,12 @@ def predict_folder(in_dir: str | Path, out_dir: str | Path, model_dir: str | Pat
     for cid, why in inventory.redo.items():
         log(f"redoing {why} (an incomplete output of case '{cid}')")
     records: dict[str, CaseRecord] = {r.case: r for r in inventory.skipped}
+    records.update({r.case: r for r in inventory.failed if r.case in inventory.files})  # e.g. no writer fits
     failures = list(inventory.failed)
     t_loop = time.perf_counter()
     try:
         _pipeline(inventory.todo, predictor, records, failures, progress, log)
+        stages.finish_run(out_dir, settings)
     finally:
         seconds = time.perf_counter() - t_start
         manifest, note = stages.try_write_manifest(in_dir, out_dir, inventory, records, failures, settings,
