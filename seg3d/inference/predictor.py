@@ -228,7 +228,6 @@ def load_model(model_dir: str | Path | ModelFolder | Bundle, settings: PredictSe
     Raises:
         Seg3dError: missing folder, plan or fold; a configuration the plan lacks; a bad device.
     """
-    from seg3d.inference.backends import LoadedModel
 
     folder = open_model_folder(model_dir)
     info = folder.load_info()

@@ -74,7 +74,7 @@ class CaseRecord:
     provenance: dict[str, Any] = field(default_factory=dict)  # input identity, model checksum, outputs
 
     def manifest_entry(self) -> dict[str, Any]:
-        extra = {k: v for k, v in (("header_notes", self.notes), ("warnings", self.warnings)) if v}
+        extra = {k: v for k, v in (("notes", self.notes), ("warnings", self.warnings)) if v}
         if self.status == "ok":
             return {"case": self.case, "status": "ok", "output": self.output,
                     "seconds": {k: round(v, 4) for k, v in self.seconds.items()}, **extra, **self.provenance}
@@ -260,8 +260,8 @@ def list_inputs(in_dir: str | Path, out_dir: str | Path, num_channels: int, sett
         raise Seg3dError("the input folder is empty", in_dir)
     ids = split_parts(list(sources), settings.num_parts, settings.part_id)
     issues = all_issues if settings.part_id == 0 else []  # each part would list them again
-    failed = [CaseRecord(i.case_id, "failed", error=i.message, path=str(i.paths[0]), kind=i.kind)
-              for i in issues if i.status == "failed"]
+    failed = [CaseRecord(i.case_id, "failed", error=i.reason if i.kind == "dicom" else i.message,
+                         path=str(i.paths[0]), kind=i.kind) for i in issues if i.status == "failed"]
     todo: list[Job] = []
     skipped: list[CaseRecord] = []
     redo: dict[str, str] = {}
@@ -312,8 +312,8 @@ def _merge_dicom_issues(issues: list[InputIssue], dicom: DicomListing, out_dir: 
     for p, why in dicom.skipped:
         if p not in top and not any(f in p.parents for f in kept_folders):
             out.append(InputIssue("skipped", "not DICOM", (p,), why))
-    for cid, p, why in dicom.problems:
-        out.append(InputIssue("failed", "dicom", (p,), why, cid))
+    for cid, p, why in dicom.problems:  # a refused series: each of its files, one failure naming the series
+        out.append(InputIssue("failed", "dicom", dicom.refused_files.get(cid, (p,)), f"{p}: {why}", cid))
     return out
 
 

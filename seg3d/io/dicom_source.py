@@ -100,6 +100,7 @@ class DicomListing:
     sources: list[DicomSource] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # files deliberately not used, why
     problems: list[tuple[str | None, Path, str]] = field(default_factory=list)  # (case id, path, message)
+    refused_files: dict[str, tuple[Path, ...]] = field(default_factory=dict)  # case id -> files of a refused series
 
 
 def list_dicom_sources(in_dir: str | Path, channel_names: tuple[str, ...], series_filter: SeriesFilter | None = None,
@@ -129,10 +130,12 @@ def list_dicom_sources(in_dir: str | Path, channel_names: tuple[str, ...], serie
             why = (f"{s.label}: a DICOM series is one channel; this model expects {len(channel_names)} "
                    f"({', '.join(channel_names)})")
             out.problems.append((s.case_id, s.folder, why))
+            out.refused_files[s.case_id] = tuple(s.files)
             continue
         why = modality_mismatch(s, channel_names[0])
         if why:
             out.problems.append((s.case_id, s.folder, f"{s.label}: {why}"))
+            out.refused_files[s.case_id] = tuple(s.files)
             continue
         out.sources.append(DicomSource(s.case_id, s))
     return out

@@ -66,7 +66,8 @@ def test_predict_a_dicom_study_with_statistics_preview_and_provenance(tmp_path):
     src = _study(tmp_path / "in")
     out = tmp_path / "out"
     s = predict_folder(src, out, None, predictor=BrightPredictor(), statistics=True, preview=True)
-    assert s["predicted"] == 3 and s["total"] == 4  # the MR series is refused while listing
+    # 5 cases: 3 predicted, the MR series refused while listing, the gappy series refused when read
+    assert s["predicted"] == 3 and s["total"] == 5 and len(s["failed"]) == 2
     errors = {f["case"]: f["error"] for f in s["failed"]}
     assert set(errors) == {"patC_mr", "patD_gappy"}
     assert "Modality is MR" in errors["patC_mr"] and "'patC_mr'" in errors["patC_mr"]
@@ -114,7 +115,11 @@ def test_predict_a_dicom_study_with_statistics_preview_and_provenance(tmp_path):
                                                                           ("patA_ct.dcm", "dicom-seg")}
     assert cases["patB_anon"]["input"]["series_instance_uid"] == "" and cases["patB_anon"]["notes"]
     assert len(cases["niftycase"]["input"]["files"][0]["sha256"]) == 64
-    assert {Path(i["path"]).name for i in m["ignored_files"]} == {"README.txt"}
+    skipped = [i for i in m["inputs"] if i["status"] == "skipped"]
+    assert {Path(i["file"]).name for i in skipped} == {"README.txt"}
+    # every file of the tree accounted for: the series' files are inputs of their cases
+    n_files = sum(1 for p in src.rglob("*") if p.is_file())
+    assert m["input_counts"]["files"] == n_files == len(m["inputs"])
 
     # --continue: everything complete is skipped, the refused series are reported again
     s2 = predict_folder(src, out, None, predictor=BrightPredictor(), statistics=True, preview=True, continue_=True)
