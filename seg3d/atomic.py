@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,8 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    if suffix is None:
-        suffix = "".join(target.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name.split('.')[0]}.", suffix=".part" + suffix,
-                               dir=target.parent)
+    prefix, suffix = _part_affixes(target, suffix)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -38,6 +37,32 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _part_affixes(target: Path, suffix: str | None = None) -> tuple[str, str]:
+    """The hidden temporary name of ``target``: ``.<stem>.<random>.part<suffix>``."""
+    if suffix is None:
+        suffix = "".join(target.suffixes) or ".tmp"
+    return f".{target.name.split('.')[0]}.", ".part" + suffix
+
+
+def partial_files(targets: Iterable[str | Path]) -> list[Path]:
+    """Temporary files that :func:`atomic_path` left beside ``targets`` when its process was killed mid-write
+    (a killed process runs no cleanup). One folder listing per folder, so cheap for thousands of targets.
+    Only for targets no live process is writing: a runner removes them before it writes the target again."""
+    by_folder: dict[Path, list[re.Pattern]] = {}
+    for t in map(Path, targets):
+        prefix, suffix = _part_affixes(t)
+        by_folder.setdefault(t.parent, []).append(
+            re.compile(re.escape(prefix) + r"[A-Za-z0-9_]+" + re.escape(suffix) + "$"))
+    found = []
+    for folder, patterns in by_folder.items():
+        try:
+            names = [n for n in os.listdir(folder) if n.startswith(".") and ".part" in n]
+        except OSError:
+            continue
+        found += [folder / n for n in sorted(names) if any(p.match(n) for p in patterns)]
+    return found
 
 
 def write_bytes_atomic(target: str | Path, data: bytes) -> None:
