@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA ?=
 MINUTES ?= 6
 
-.PHONY: demo test venv clean bench
+.PHONY: demo test test-fast lint-imports venv clean bench
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,8 +21,16 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/seg3d demo $(if $(DATA),--data $(DATA)) --minutes $(MINUTES)
 
-test: $(STAMP)
+# The layer contract (pyproject.toml [tool.importlinter]) first: a new upward import or cycle fails fast.
+lint-imports: $(STAMP)
+	$(BIN)/lint-imports
+
+test: lint-imports
 	$(BIN)/python -m pytest -q
+
+# Everything but the tests marked slow (demo, DDP, torch.compile, long trainings): under 90 s on 2 cores.
+test-fast: lint-imports
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'

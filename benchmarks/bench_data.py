@@ -28,11 +28,11 @@ def main() -> None:
 
     import torch
 
+    from seg3d.core.plan import Plan
     from seg3d.data import AugmentationParams, make_loader
     from seg3d.losses import build_loss
     from seg3d.nets import build_network
     from seg3d.nets.flops import network_cost
-    from seg3d.planning.plan import Plan
     from seg3d.planning.planner import plan_dataset
     from seg3d.preprocessing.cache import CaseCache, build_cache
 

@@ -49,9 +49,9 @@ def make_ct(path: Path, slices: int, seed: int = 0) -> None:
 def make_model(model_dir: Path, classes: int) -> None:
     import torch
 
-    from seg3d.model_dir import ModelInfo
+    from seg3d.core.model_folder import ModelFolder, ModelInfo
+    from seg3d.core.plan import ChannelNormalization, Configuration, Plan, Topology
     from seg3d.nets import build_network
-    from seg3d.planning.plan import ChannelNormalization, Configuration, Plan, Topology
 
     topo = Topology(((3, 3, 3),) * 3, ((1, 1, 1), (2, 2, 2), (2, 2, 2)), (16, 32, 64))
     cfg = Configuration("3d_fullres", (4.0, 4.0, 4.0), (64, 64, 64), 2, topo, (125, 102, 102), 0.5,
@@ -59,13 +59,14 @@ def make_model(model_dir: Path, classes: int) -> None:
     labels = {"background": 0, **{f"structure_{i}": i for i in range(1, classes)}}
     plan = Plan("LargeCT", ("CT",), labels, (ChannelNormalization("CT", "ct", -1000, 1000, 0, 500),),
                 {"3d_fullres": cfg}, (1.0, 0.8, 0.8), (500, 512, 512), preset="benchmark")
-    (model_dir / "fold_0").mkdir(parents=True)
-    plan.save(model_dir / "plans.json")
-    ModelInfo(config="3d_fullres").save(model_dir)
+    folder = ModelFolder(model_dir)
+    folder.fold_dir(0).mkdir(parents=True)
+    folder.save_plan(plan)
+    folder.save_info(ModelInfo(config="3d_fullres"))
     torch.manual_seed(0)
     net = build_network(cfg, 1, classes)
     torch.save({"model": net.state_dict(), "arch": "unet", "config": "3d_fullres", "num_classes": classes},
-               model_dir / "fold_0" / "checkpoint_final.pt")
+               folder.checkpoint_path(0))
 
 
 def main() -> None:

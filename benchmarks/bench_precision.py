@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from common import REPO, dice, validation_cases
 
+from seg3d.core.device import cpu_has_fast_bf16
 from seg3d.inference.predictor import Predictor
-from seg3d.inference.sliding_window import cpu_has_fast_bf16
 
 
 def low_precision_for(device: str) -> str:

@@ -91,28 +91,28 @@ def build_models(work: Path, nn_plans_dir: Path, nnunet_bin: Path, seg3d_model: 
     """
     import torch
 
-    from seg3d.model_dir import ModelInfo
+    from seg3d.core.model_folder import ModelFolder, ModelInfo
     from seg3d.nets import build_network
-    from seg3d.planning.plan import Plan
 
     nn_plans = json.loads((nn_plans_dir / "nnUNetPlans.json").read_text())
     dataset = json.loads((DATA / "dataset.json").read_text())
     s3 = work / "seg3d_model"
     shutil.rmtree(s3, ignore_errors=True)
-    (s3 / "fold_0").mkdir(parents=True)
-    ckpt = s3 / "fold_0" / "checkpoint_final.pt"
+    folder = ModelFolder(s3)
+    folder.fold_dir(0).mkdir(parents=True)
+    ckpt = folder.checkpoint_path(0)
     if seg3d_model is not None:
-        plan = Plan.load(seg3d_model / "plans.json")
+        plan = ModelFolder(seg3d_model).load_plan()
         nn_plans = nnunet_plans_like(nn_plans, plan)
-        shutil.copy(seg3d_model / "fold_0" / "checkpoint_final.pt", ckpt)
+        shutil.copy(ModelFolder(seg3d_model).checkpoint_path(0), ckpt)
     else:
         plan = seg3d_plan_from_nnunet(nn_plans, dataset, DATA)
         torch.manual_seed(0)
         net = build_network(plan.config("3d_fullres"), plan.num_channels, plan.num_classes)
         torch.save({"model": net.state_dict(), "arch": "unet", "config": "3d_fullres",
                     "num_classes": plan.num_classes}, ckpt)
-    plan.save(s3 / "plans.json")
-    ModelInfo(config="3d_fullres").save(s3)
+    folder.save_plan(plan)
+    folder.save_info(ModelInfo(config="3d_fullres"))
     nn = work / "nnunet_model"
     (nn / "fold_0").mkdir(parents=True, exist_ok=True)
     (nn / "plans.json").write_text(json.dumps(nn_plans, indent=2))

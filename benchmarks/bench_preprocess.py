@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 BUILD = """
 import sys, time
 t = time.perf_counter()
-from seg3d.planning.plan import Plan
+from seg3d.core.plan import Plan
 from seg3d.preprocessing import build_cache
 c = build_cache(sys.argv[1], Plan.load(sys.argv[2]), "3d_fullres", sys.argv[3], workers=int(sys.argv[4]))
 print(len(c.case_ids), time.perf_counter() - t)
@@ -37,7 +37,7 @@ import sys, threading, time, json
 import numpy as np, psutil, torch
 from dataclasses import replace
 from seg3d.io.layout import load_dataset, read_case_images, read_case_label
-from seg3d.planning.plan import ChannelNormalization, Configuration, Plan, Topology
+from seg3d.core.plan import ChannelNormalization, Configuration, Plan, Topology
 from seg3d.preprocessing import preprocess_case, revert_to_original
 ds = load_dataset(sys.argv[1]); case = next(c for c in ds.cases if c.case_id == sys.argv[2])
 data, geo = read_case_images(case, 1); seg, _ = read_case_label(case)

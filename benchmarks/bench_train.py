@@ -67,7 +67,7 @@ def progress(done, total, msg):
     stamps.append(time.perf_counter())
 t_start = time.perf_counter()
 train(plan_dir, fold=0, model_dir=model_dir, epochs=1, iters_per_epoch=warm + n, device="cpu",
-      validate=False, val_batches=1, progress=progress, log=lines.append, compile_model=compile_model)
+      validate=False, val_batches=1, progress=progress, log=lines.append, compile=compile_model)
 steps = [b - a for a, b in zip(stamps, stamps[1:])][warm - 1:]
 import csv
 row = list(csv.DictReader(open(f"{model_dir}/fold_0/log.csv")))[-1]

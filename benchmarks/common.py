@@ -58,7 +58,7 @@ def dataset_id(ds: Path) -> str:
 
 def seg3d_plan_from_nnunet(nn_plans: dict, dataset: dict, dataset_dir: Path, config: str = "3d_fullres"):
     """A seg3d Plan equal to nnU-Net's configuration (patch, batch, topology, spacing, z-score): same network."""
-    from seg3d.planning.plan import ChannelNormalization, Configuration, Plan, Topology
+    from seg3d.core.plan import ChannelNormalization, Configuration, Plan, Topology
 
     c = nn_plans["configurations"][config]
     ak = c["architecture"]["arch_kwargs"]

@@ -40,8 +40,14 @@ def progress_bar(description: str) -> Iterator[Callable[[int, int, str], None]]:
 
     When stderr is not a terminal (redirected to a log), prints plain lines at ~10% steps instead.
     """
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     if not console.is_terminal:
         last = {"pct": -1}

@@ -2,23 +2,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
-
 from seg3d.cli.common import console, guarded, out, progress_bar
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def demo(
-        data: Optional[Path] = typer.Option(None, "--data", help="A dataset folder (nnU-Net v2 or MSD layout). "
+        data: Path | None = typer.Option(None, "--data", help="A dataset folder (nnU-Net v2 or MSD layout). "
                                             "Default: a phantom dataset seg3d generates."),
         output: Path = typer.Option(Path("demo_output"), "-o", "--output", help="Where everything is written."),
         minutes: float = typer.Option(6.0, "--minutes", help="Training budget in minutes (wall clock)."),
         preset: str = typer.Option("cpu", "--preset", help="Planner preset (cpu, 8gb, 24gb, 40gb, 80gb)."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-        workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes (default: all cores)."),
+        workers: int | None = typer.Option(None, "--workers", help="Worker processes (default: all cores)."),
     ) -> None:
         """Plan, train, predict held-out cases and evaluate them, end to end."""
         from contextlib import ExitStack

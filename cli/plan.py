@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-
 from seg3d.cli.common import console, guarded, out, progress_bar
 
 PRESETS = "8gb, 24gb, 40gb, 80gb, cpu"
@@ -30,6 +29,8 @@ def register(app: typer.Typer) -> None:
         workers: int | None = typer.Option(None, "--workers", "-w", min=0,
                                            help="Worker processes reading cases (default: all cores; "
                                                 "0: read in this process)."),
+        arch: str = typer.Option("unet", "--arch", help="Architecture whose training memory sizes patch and "
+                                 "batch (unet or unetpp); train with the same --arch."),
     ) -> None:
         """Plan a dataset for training."""
         from seg3d.planning import plan_dataset
@@ -37,7 +38,7 @@ def register(app: typer.Typer) -> None:
         with progress_bar("planning") as progress:
             result = guarded(lambda: plan_dataset(dataset_dir, output, preset=preset,
                                                   gpu_memory_gb=gpu_memory_gb, workers=workers,
-                                                  progress=progress))
+                                                  progress=progress, arch=arch))
         out.print(plan_table(result))
         for note in result.notes:
             console.print(f"[yellow]note:[/] {note}", highlight=False)

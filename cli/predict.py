@@ -9,17 +9,6 @@ from seg3d.cli.common import console, guarded, out, progress_bar
 FAST_STEP = 0.75  # --fast: no mirroring and fewer overlapping windows (Dice cost in benchmarks/RESULTS.md)
 
 
-def parse_folds(folds: list[str] | None):
-    if not folds or folds == ["all-available"] or folds == ["all_available"]:
-        return "all-available"
-    for f in folds:
-        if not (f.isdigit() or f == "all"):
-            from seg3d.errors import Seg3dError
-
-            raise Seg3dError(f"--folds takes fold numbers (0 1 2 ...), 'all' or 'all-available', got '{f}'")
-    return folds
-
-
 def register(app: typer.Typer) -> None:
     @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
     def predict(
@@ -50,7 +39,9 @@ def register(app: typer.Typer) -> None:
         checkpoint: str = typer.Option("final", "--checkpoint", help="final, best or latest."),
     ) -> None:
         """Segment every case in a folder; outputs carry each input's exact header."""
-        from seg3d.inference.batch import predict_folder
+        from seg3d.core.device import set_threads
+        from seg3d.core.settings import PredictSettings
+        from seg3d.runners.local import predict_folder
 
         # `--folds 0 1 2`: typer takes one value per option, the rest arrive as extra arguments
         fold_list = list(folds or []) + [a for a in ctx.args if a.isdigit()]
@@ -61,13 +52,15 @@ def register(app: typer.Typer) -> None:
         if fast:
             tta, step = False, max(step, FAST_STEP)
 
+        settings = guarded(lambda: PredictSettings(
+            folds=fold_list or "all-available", tta=tta, step=step, device=device, precision=precision,
+            checkpoint=checkpoint, postprocess=postprocess, save_probabilities=save_probabilities,
+            continue_=continue_, num_parts=num_parts, part_id=part_id, config=config))
+        set_threads(None)
+
         def run():
             with progress_bar("predict") as bar:
-                return predict_folder(input_dir, output_dir, model_dir, folds=parse_folds(fold_list), tta=tta,
-                                      step=step, device=device, save_probabilities=save_probabilities,
-                                      postprocess=postprocess, continue_=continue_, num_parts=num_parts,
-                                      part_id=part_id, progress=bar, config=config, checkpoint=checkpoint,
-                                      precision=precision,
+                return predict_folder(input_dir, output_dir, model_dir, settings, progress=bar,
                                       log=lambda s: console.print(s, highlight=False, soft_wrap=True))
 
         summary = guarded(run)

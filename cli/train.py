@@ -7,22 +7,6 @@ import typer
 from seg3d.cli.common import console, guarded, out, progress_bar
 
 
-def parse_folds(text: str) -> list[int | str]:
-    """``0``, ``all`` or a comma-separated list such as ``0,1,2``."""
-    from seg3d.errors import Seg3dError
-
-    folds: list[int | str] = []
-    for part in text.split(","):
-        part = part.strip()
-        if part == "all":
-            folds.append("all")
-        elif part.isdigit():
-            folds.append(int(part))
-        else:
-            raise Seg3dError(f"--fold takes a fold number, 'all' or a list like 0,1,2; got '{text}'")
-    return folds
-
-
 def register(app: typer.Typer) -> None:
     @app.command(help="Train a model from a plan folder (written by `seg3d plan`). Builds or reuses the "
                       "preprocessing cache in PLAN_DIR/cache/<config>, writes the model folder (default "
@@ -64,20 +48,24 @@ def register(app: typer.Typer) -> None:
         output: Path | None = typer.Option(None, "-o", "--output", help="Model folder."),
     ) -> None:
         """Train one or more folds."""
+        from seg3d.core.device import set_threads
+        from seg3d.core.folds import parse_folds
+        from seg3d.core.settings import TrainSettings
         from seg3d.training import train as run
+        from seg3d.training.distributed import launcher_info
 
         folds = guarded(lambda: parse_folds(fold))
+        base = guarded(lambda: TrainSettings(config=config, fold=str(folds[0]), arch=arch, loss=loss, epochs=epochs,
+                                             iters_per_epoch=iters_per_epoch, time_budget_min=time_budget_min,
+                                             device=device, precision=precision, compile=compile_model,
+                                             resume=resume, optimizer=optimizer, lr=lr, augmentation=augmentation,
+                                             seed=seed, workers=workers or 0))
+        set_threads(None, share=launcher_info().world_size)  # the cores are shared between torchrun's ranks
         for f in folds:
+            settings = base.with_(fold=str(f))
             with progress_bar(f"fold {f}") as progress:
-                res = guarded(lambda: run(plan_dir, config_name=config, fold=f, model_dir=output, arch=arch,
-                                          loss=loss, epochs=epochs, iters_per_epoch=iters_per_epoch,
-                                          time_budget_min=time_budget_min, device=device, precision=precision,
-                                          compile_model=compile_model,
-                                          resume=resume,
-                                          optimizer=optimizer, lr=lr, augmentation=augmentation, seed=seed,
-                                          num_workers=workers, dataset_dir=dataset,
-                                          progress=progress,
-                                          log=lambda s: console.print(s, highlight=False)))
+                res = guarded(lambda: run(plan_dir, settings, model_dir=output, dataset_dir=dataset,
+                                          progress=progress, log=lambda s: console.print(s, highlight=False)))
             val = res.get("validation") or {}
             msg = f"fold {f}: {res['epochs']} epochs, {res['seconds']:.0f} s; model in {res['model_dir']}"
             if val.get("mean_foreground_dice") is not None:
@@ -95,17 +83,18 @@ def register(app: typer.Typer) -> None:
                                            "(default: all cores)."),
     ) -> None:
         """Preprocess a dataset for a configuration."""
-        from seg3d.planning.plan import Plan
+        from seg3d.core.plan import Plan
+        from seg3d.core.plan_folder import PlanFolder
         from seg3d.preprocessing import build_cache
-        from seg3d.training.trainer import resolve_dataset_dir
 
         def go():
-            plan = Plan.load(plan_dir / "plans.json")
+            folder = PlanFolder(plan_dir)
+            plan = Plan.load(folder.plans_json)
             plan.config(config)
-            ds = resolve_dataset_dir(plan, plan_dir, plan_dir / "cache" / config, dataset)
+            ds = folder.dataset_dir(dataset, config)
             with progress_bar(f"preprocessing {config}") as progress:
-                build_cache(ds, plan, config, plan_dir / "cache" / config, workers=workers, progress=progress)
-            return plan_dir / "cache" / config
+                build_cache(ds, plan, config, folder.cache_dir(config), workers=workers, progress=progress)
+            return folder.cache_dir(config)
 
         where = guarded(go)
         out.print(f"cache ready in {where}", highlight=False)

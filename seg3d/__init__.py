@@ -3,6 +3,7 @@
 The public API, imported lazily so that ``import seg3d`` stays fast::
 
     from seg3d import plan_dataset, train, Predictor, predict_folder, evaluate_folder
+    from seg3d import TrainSettings, PredictSettings, ModelFolder
 """
 from __future__ import annotations
 
@@ -15,16 +16,19 @@ _API = {
     "plan_dataset": "seg3d.planning",
     "train": "seg3d.training",
     "Predictor": "seg3d.inference",
-    "predict_folder": "seg3d.inference",
+    "predict_folder": "seg3d.runners.local",
+    "TrainSettings": "seg3d.core.settings",
+    "PredictSettings": "seg3d.core.settings",
+    "ModelFolder": "seg3d.core.model_folder",
     "evaluate_folder": "seg3d.evaluation",
     "check_dataset": "seg3d.io.checks",
     "load_dataset": "seg3d.io.layout",
     "make_phantom_dataset": "seg3d.synthetic",
-    "Plan": "seg3d.planning.plan",
+    "Plan": "seg3d.core.plan",
     "Seg3dError": "seg3d.errors",
 }
 
-__all__ = [*_API, "__version__"]
+__all__ = ["__version__", *_API]
 
 
 def __getattr__(name: str) -> Any:

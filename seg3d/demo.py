@@ -70,8 +70,8 @@ def run_demo(out_dir: str | Path = "demo_output", data: str | Path | None = None
              device: str = "auto") -> DemoResult:
     """Run the whole pipeline and return where everything went and the evaluation summary."""
     from seg3d.evaluation import evaluate_folder
-    from seg3d.inference import predict_folder
     from seg3d.planning import plan_dataset
+    from seg3d.runners.local import predict_folder
     from seg3d.training import train
 
     out = Path(out_dir)
@@ -110,7 +110,7 @@ def run_demo(out_dir: str | Path = "demo_output", data: str | Path | None = None
     log(f"training fold {fold} for {minutes:g} min on a CPU budget")
     # validate=False: the held-out cases are predicted and evaluated just below; the trainer's end-of-fold
     # validation would predict the same cases a second time
-    train(plan_dir, config_name="3d_fullres", fold=fold, model_dir=model_dir, time_budget_min=minutes,
+    train(plan_dir, config="3d_fullres", fold=fold, model_dir=model_dir, time_budget_min=minutes,
           device=device, progress=prog("train"), log=log, validate=False)
     timings["train"] = time.perf_counter() - t
 

@@ -14,9 +14,7 @@ that raises on any problem. Both reuse a saved ``fingerprint.json`` while the da
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
-import os
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,7 +36,7 @@ from seg3d.io.checks import (
     unique_cases,
 )
 from seg3d.io.image import Reorientation
-from seg3d.io.layout import Case, Dataset
+from seg3d.io.layout import Case, Dataset, dataset_digest
 from seg3d.preprocessing.crop import bbox_of, crop
 from seg3d.progress import ProgressFn, report
 
@@ -230,22 +228,7 @@ def _scan_one(item: tuple[Case, bool], spec: CaseSpec, max_samples: int, measure
 
 # ---- dataset level --------------------------------------------------------------------------------------
 
-def dataset_digest(dataset: Dataset) -> str:
-    """Changes whenever dataset.json, a file name, size or modification time changes (or seg3d's method)."""
-    h = hashlib.sha256(f"seg3d-fingerprint v{FINGERPRINT_VERSION} samples {MAX_TOTAL_SAMPLES}\n".encode())
-    try:
-        h.update(dataset.dataset_json.read_bytes())
-    except OSError:
-        h.update(b"<no dataset.json>")
-    files = sorted({p for c in dataset.cases + dataset.test_cases for p in c.files})
-    for p in files:
-        rel = os.path.relpath(p, dataset.root)
-        try:
-            st = p.stat()
-            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        except OSError:
-            h.update(f"{rel}\0missing\n".encode())
-    return h.hexdigest()
+DIGEST_SALT = f"seg3d-fingerprint v{FINGERPRINT_VERSION} samples {MAX_TOTAL_SAMPLES}\n"
 
 
 def _combine(moments) -> tuple[int, float, float, float, float]:
@@ -302,7 +285,7 @@ def scan_dataset(dataset: Dataset | str | Path, workers: int | None = None, prog
     if ds is None:
         return problems, None
     problems = layout_problems(ds)
-    digest = dataset_digest(ds)
+    digest = dataset_digest(ds, DIGEST_SALT)
     cache_path = Path(cache_path) if cache_path is not None else None
     cached = None if problems else _cached(cache_path, digest)
     if cached is not None:

@@ -1,6 +1,6 @@
 """Training losses: cross-entropy plus a soft region loss (Dice or Tversky), with deep supervision.
 
-``build_loss(name, num_classes, batch_dice=True, num_outputs=1, **kw)`` returns a module called as
+``build_loss(name, num_classes, batch_dice=True, **kw)`` returns a module called as
 ``loss(outputs, target)``: ``outputs`` is a logits tensor ``(B, K, *spatial)`` or the deep-supervision list
 (full resolution first, see :mod:`seg3d.nets`), ``target`` is ``(B, 1, *spatial)`` int64 class indices at full
 resolution. The target is brought to each output's shape by nearest-neighbour subsampling.
@@ -14,7 +14,7 @@ equally; weights are normalised to sum to 1. For a plain U-Net this is exactly n
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +22,24 @@ from torch import nn
 
 from seg3d.errors import Seg3dError
 
-LOSSES = ("ce_dice", "tversky", "focal")
 SMOOTH = 1e-5
+
+# name -> factory(num_classes, batch_dice, **options) -> (region loss, pixel loss); a new loss is one factory
+# with @register_loss("name") (here, or in a module imported before build_loss is called)
+LossFactory = Callable[..., "tuple[nn.Module, nn.Module]"]
+LOSSES: dict[str, LossFactory] = {}
+
+
+def register_loss(name: str):
+    """Decorator registering ``factory(num_classes, batch_dice, **options) -> (region, pixel)`` as ``name``.
+
+    ``build_loss`` combines them as ``weight_ce * pixel + weight_region * region`` under deep supervision.
+    """
+    def deco(factory: LossFactory) -> LossFactory:
+        LOSSES[name] = factory
+        return factory
+
+    return deco
 
 
 def deep_supervision_weights(shapes: Sequence[tuple[int, ...]]) -> list[float]:
@@ -87,10 +103,9 @@ class _CE(nn.Module):
 class DeepSupervisionLoss(nn.Module):
     """Applies ``loss`` to each output against the target downsampled to its shape, weighted (module doc)."""
 
-    def __init__(self, loss: nn.Module, num_outputs: int = 1):
+    def __init__(self, loss: nn.Module):
         super().__init__()
         self.loss = loss
-        self.num_outputs = num_outputs
 
     def forward(self, outputs: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         if isinstance(outputs, torch.Tensor):
@@ -107,38 +122,56 @@ class DeepSupervisionLoss(nn.Module):
         return total
 
 
-def build_loss(name: str, num_classes: int, batch_dice: bool = True, num_outputs: int = 1,
-               **kw) -> nn.Module:
-    """The training loss ``name`` for ``num_classes`` classes (background included).
+def _region_options(batch_dice: bool) -> dict:
+    return {"include_background": False, "to_onehot_y": True, "softmax": True, "batch": batch_dice,
+            "smooth_nr": SMOOTH, "smooth_dr": SMOOTH}
+
+
+@register_loss("ce_dice")
+def _ce_dice(num_classes: int, batch_dice: bool) -> tuple[nn.Module, nn.Module]:
+    from monai.losses import DiceLoss
+
+    return DiceLoss(**_region_options(batch_dice)), _CE()
+
+
+@register_loss("tversky")
+def _tversky(num_classes: int, batch_dice: bool, alpha: float = 0.3, beta: float = 0.7) -> tuple[nn.Module, nn.Module]:
+    from monai.losses import TverskyLoss
+
+    alpha, beta = float(alpha), float(beta)
+    if alpha < 0 or beta < 0 or alpha + beta <= 0:
+        raise Seg3dError(f"tversky needs alpha, beta >= 0 and not both 0 (got alpha={alpha}, beta={beta})")
+    return TverskyLoss(alpha=alpha, beta=beta, **_region_options(batch_dice)), _CE()
+
+
+@register_loss("focal")
+def _focal(num_classes: int, batch_dice: bool, gamma: float = 2.0) -> tuple[nn.Module, nn.Module]:
+    from monai.losses import DiceLoss, FocalLoss
+
+    return DiceLoss(**_region_options(batch_dice)), FocalLoss(to_onehot_y=True, use_softmax=True,
+                                                              gamma=float(gamma))
+
+
+def build_loss(name: str, num_classes: int, batch_dice: bool = True, **kw) -> nn.Module:
+    """The training loss ``name`` for ``num_classes`` classes (background included), from :data:`LOSSES`.
 
     ``ce_dice``: CE + soft Dice over the foreground classes (smooth 1e-5; ``batch_dice`` pools the batch as one
     volume, as nnU-Net does for 3D). ``tversky``: CE + Tversky with ``alpha`` (false-positive weight, default
     0.3) and ``beta`` (false-negative weight, default 0.7): beta > alpha favours recall of small structures.
     ``focal``: focal loss (``gamma`` 2) + soft Dice. Extra options: ``weight_ce``, ``weight_region`` (1, 1).
-    ``num_outputs`` is informative: weights are derived from the outputs actually passed (see module doc).
-    """
-    from monai.losses import DiceLoss, FocalLoss, TverskyLoss
+    Deep-supervision weights are derived from the outputs actually passed (see module doc).
 
+    Raises:
+        Seg3dError: an unknown name or option, fewer than 2 classes, invalid option values.
+    """
     if num_classes < 2:
         raise Seg3dError(f"a segmentation loss needs at least 2 classes (background + 1), got {num_classes}")
+    if name not in LOSSES:
+        raise Seg3dError(f"unknown loss '{name}' (choose from {', '.join(LOSSES)})")
     weight_ce = float(kw.pop("weight_ce", 1.0))
     weight_region = float(kw.pop("weight_region", 1.0))
-    common = {"include_background": False, "to_onehot_y": True, "softmax": True, "batch": batch_dice,
-                  "smooth_nr": SMOOTH, "smooth_dr": SMOOTH}
-    if name == "ce_dice":
-        region = DiceLoss(**common)
-        ce: nn.Module = _CE()
-    elif name == "tversky":
-        alpha, beta = float(kw.pop("alpha", 0.3)), float(kw.pop("beta", 0.7))
-        if alpha < 0 or beta < 0 or alpha + beta <= 0:
-            raise Seg3dError(f"tversky needs alpha, beta >= 0 and not both 0 (got alpha={alpha}, beta={beta})")
-        region = TverskyLoss(alpha=alpha, beta=beta, **common)
-        ce = _CE()
-    elif name == "focal":
-        region = DiceLoss(**common)
-        ce = FocalLoss(to_onehot_y=True, use_softmax=True, gamma=float(kw.pop("gamma", 2.0)))
-    else:
-        raise Seg3dError(f"unknown loss '{name}' (choose from {', '.join(LOSSES)})")
-    if kw:
-        raise Seg3dError(f"loss '{name}' does not take option(s): {', '.join(sorted(kw))}")
-    return DeepSupervisionLoss(RegionCELoss(region, ce, weight_ce, weight_region), num_outputs)
+    try:
+        region, ce = LOSSES[name](num_classes, batch_dice, **kw)
+    except TypeError:
+        raise Seg3dError(f"loss '{name}' does not take option(s): {', '.join(sorted(kw))}") from None
+    return DeepSupervisionLoss(RegionCELoss(region, ce, weight_ce, weight_region))

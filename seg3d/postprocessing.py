@@ -88,10 +88,18 @@ class PostprocessingRule:
         path = Path(path)
         try:
             d = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise Seg3dError(f"malformed post-processing file ({type(e).__name__}: {e})", path) from None
+        return cls.from_dict(d, path)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str | Path | None = None) -> PostprocessingRule:
+        """The rule ``postprocessing.json`` holds; ``where`` names the file in errors."""
+        try:
             return cls(tuple(int(v) for v in d["classes"]), float(d.get("fraction", DEFAULT_FRACTION)),
                        float(d.get("min_volume_mm3", 0.0)), dict(d.get("evidence", {})))
-        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise Seg3dError(f"malformed post-processing file ({type(e).__name__}: {e})", path) from None
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise Seg3dError(f"malformed post-processing file ({type(e).__name__}: {e})", where) from None
 
 
 def dice(pred: np.ndarray, ref: np.ndarray) -> float:
@@ -156,22 +164,26 @@ def decide_postprocessing(model_dir: str | Path, dataset_dir: str | Path | None 
     """Decide on the model folder's cross-validation predictions and store MODEL_DIR/postprocessing.json.
 
     Predictions: ``fold_K/validation/<case><ending>``; references: the dataset's label files (the dataset
-    folder defaults to the one recorded in the plan's ``extra["dataset_dir"]``).
+    folder defaults to the one the model folder records, ``ModelFolder.dataset_dir()``).
     """
+    from seg3d.core.model_folder import ModelFolder
     from seg3d.io.layout import load_dataset
-    from seg3d.planning.plan import Plan
 
-    model_dir = Path(model_dir)
-    plan = Plan.load(model_dir / "plans.json")
+    folder = ModelFolder(model_dir)
+    model_dir = folder.path
+    plan = folder.load_plan()
     if dataset_dir is None:
-        dataset_dir = plan.extra.get("dataset_dir")
+        dataset_dir = folder.dataset_dir()
         if not dataset_dir:
             raise Seg3dError("the dataset folder is needed for the reference labels (give it explicitly)",
                              model_dir)
     dataset = load_dataset(dataset_dir)
     refs = {c.case_id: c.label for c in dataset.cases if c.label is not None}
     pairs = []
-    for vdir in sorted(model_dir.glob("fold_*/validation")):
+    for fold, _ in folder.fold_dirs():
+        vdir = folder.validation_dir(fold)
+        if not vdir.is_dir():
+            continue
         for p in sorted(vdir.iterdir()):
             if p.name.endswith(dataset.file_ending) and not p.name.startswith("."):
                 cid = p.name[: -len(dataset.file_ending)]
@@ -181,5 +193,5 @@ def decide_postprocessing(model_dir: str | Path, dataset_dir: str | Path | None 
         raise Seg3dError("no cross-validation predictions found in fold_*/validation/", model_dir)
     rule = decide_from_pairs(pairs, plan.label_values, fraction, min_volume_mm3, workers, progress)
     if save:
-        rule.save(model_dir / "postprocessing.json")
+        rule.save(folder.postprocessing_json)
     return rule

@@ -48,7 +48,7 @@ def tiny_plan():
 
     Independent of the planner, so other stages can be tested on their own.
     """
-    from seg3d.planning.plan import ChannelNormalization, Configuration, Plan, Topology
+    from seg3d.core.plan import ChannelNormalization, Configuration, Plan, Topology
 
     topo = Topology(kernel_sizes=((1, 3, 3), (3, 3, 3), (3, 3, 3)),
                     strides=((1, 1, 1), (1, 2, 2), (2, 2, 2)), features=(8, 16, 32))

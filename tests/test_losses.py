@@ -87,7 +87,7 @@ def test_deep_supervision_total_is_weighted_sum_of_levels():
     torch.manual_seed(0)
     target = torch.randint(0, 3, (2, 1, 4, 8, 8))
     outs = [torch.randn(2, 3, 4, 8, 8), torch.randn(2, 3, 4, 4, 4), torch.randn(2, 3, 2, 2, 2)]
-    loss = build_loss("ce_dice", 3, num_outputs=3)
+    loss = build_loss("ce_dice", 3)
     single = build_loss("ce_dice", 3)
     expected = (single(outs[0], target) + 0.5 * single(outs[1], target[:, :, :, ::2, ::2])) / 1.5
     assert loss(outs, target).item() == pytest.approx(expected.item(), rel=1e-6)

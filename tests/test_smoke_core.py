@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
+from seg3d.core.plan import Plan
 from seg3d.errors import Seg3dError
 from seg3d.io.image import Geometry, Reorientation, read_image, write_image
-from seg3d.planning.plan import Plan
 
 
 def _random_geometry(rng, shape_zyx):

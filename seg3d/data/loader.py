@@ -20,9 +20,9 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
+from seg3d.core.plan import Configuration, Plan
 from seg3d.data.augmentation import AugmentationParams, augment_batch, region_size
 from seg3d.data.sampling import CaseSource, sample_batch
-from seg3d.planning.plan import Configuration, Plan
 
 _DEFAULT_AUG = AugmentationParams()
 _END = object()

@@ -11,7 +11,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from seg3d.errors import Seg3dError
+from seg3d.evaluation.report import aggregate, nan_to_none, write_reports
 from seg3d.io.image import SUPPORTED_ENDINGS
+from seg3d.io.layout import read_dataset_labels as load_labels
 from seg3d.progress import ProgressFn, report
 
 
@@ -51,20 +53,6 @@ def match_cases(pred_dir, gt_dir) -> tuple[list[tuple[str, Path, Path]], list[st
         raise Seg3dError(f"no prediction matches any of the {len(refs)} reference case(s); predictions must be "
                          f"named like the references (e.g. {example})", pred_dir)
     return pairs, missing, extra
-
-
-def load_labels(dataset_json: str | Path) -> dict[str, int]:
-    """Label names → values from an nnU-Net v2 or MSD ``dataset.json`` (background included)."""
-    from seg3d.io.layout import _parse_labels, _read_json
-
-    path = Path(dataset_json)
-    meta = _read_json(path)
-    if "labels" not in meta:
-        raise Seg3dError("'labels' is missing", path)
-    raw = meta["labels"]
-    msd = "modality" in meta or (isinstance(raw, dict) and all(str(k).strip().isdigit() and isinstance(v, str)
-                                                               for k, v in raw.items()))
-    return _parse_labels(raw, path, msd=msd)
 
 
 def check_geometry(pairs: list[tuple[str, Path, Path]]) -> None:
@@ -153,16 +141,6 @@ def _run(pairs, class_values, tolerance_mm, workers: int, progress: ProgressFn |
     return results
 
 
-def _nan_to_none(x):
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _nan_to_none(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_nan_to_none(v) for v in x]
-    return x
-
-
 def evaluate_folder(pred_dir, gt_dir, out_dir, labels: dict[str, int] | None = None, tolerance_mm: float = 1.0,
                     dataset_json: str | Path | None = None, images_dir: str | Path | None = None,
                     pictures: int = 10, workers: int | None = None, progress: ProgressFn | None = None,
@@ -177,7 +155,6 @@ def evaluate_folder(pred_dir, gt_dir, out_dir, labels: dict[str, int] | None = N
     (``fold_*/progress.png``).
     """
     from seg3d.evaluation.metrics import CONVENTIONS
-    from seg3d.evaluation.report import aggregate, write_reports
 
     if tolerance_mm < 0 or not math.isfinite(tolerance_mm):
         raise Seg3dError(f"--tolerance-mm must be a finite number >= 0, got {tolerance_mm}")
@@ -210,4 +187,4 @@ def evaluate_folder(pred_dir, gt_dir, out_dir, labels: dict[str, int] | None = N
         "missing_predictions": missing, "unmatched_predictions": extra,
     })
     summary = write_reports(summary, Path(out_dir), images_dir=images_dir, pictures=pictures, model_dir=model_dir)
-    return _nan_to_none(summary)
+    return nan_to_none(summary)

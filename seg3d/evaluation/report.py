@@ -11,6 +11,17 @@ from pathlib import Path
 from seg3d.atomic import write_json_atomic, write_text_atomic
 from seg3d.evaluation.metrics import summarize
 
+
+def nan_to_none(x):
+    """``x`` with every float NaN (nested in dicts and lists) replaced by ``None``: valid JSON (``null``)."""
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [nan_to_none(v) for v in x]
+    return x
+
 METRICS = ("dice", "iou", "hd95_mm", "nsd")
 CSV_COLUMNS = ("case_id", "class", "label", "dice", "iou", "hd95_mm", "nsd", "volume_pred_mm3", "volume_ref_mm3",
                "status")
@@ -162,15 +173,15 @@ def training_curves(model_dir, out_dir: Path) -> dict[str, str]:
     """``fold -> path of fold_*/progress.png relative to out_dir`` for a model folder (empty without one)."""
     if model_dir is None:
         return {}
-    curves = {}
-    for png in sorted(Path(model_dir).glob("fold_*/progress.png")):
-        curves[png.parent.name[len("fold_"):]] = os.path.relpath(png.resolve(), out_dir.resolve())
-    return curves
+    from seg3d.core.model_folder import ModelFolder
+
+    folder = ModelFolder(model_dir)
+    pngs = [(fold, folder.progress_plot(fold)) for fold, _ in folder.fold_dirs()]
+    return {fold: os.path.relpath(png.resolve(), out_dir.resolve()) for fold, png in pngs if png.is_file()}
 
 
 def write_reports(summary: dict, out_dir: Path, images_dir=None, pictures: int = 10, model_dir=None) -> dict:
     """Write pictures, ``metrics.csv``, ``metrics.json`` and ``report.md``; return the summary with picture links."""
-    from seg3d.evaluation.evaluate import _nan_to_none
     from seg3d.evaluation.figures import case_pictures, dice_boxplot
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -184,7 +195,7 @@ def write_reports(summary: dict, out_dir: Path, images_dir=None, pictures: int =
     summary["pictures"] = pics
     summary["files"] = {"csv": "metrics.csv", "json": "metrics.json", "report": "report.md"}
     write_text_atomic(out_dir / "metrics.csv", metrics_csv(summary))
-    clean = _nan_to_none(summary)
+    clean = nan_to_none(summary)
     write_json_atomic(out_dir / "metrics.json", json.loads(json.dumps(clean, allow_nan=False)))
     write_text_atomic(out_dir / "report.md", markdown_report(summary))
     return summary

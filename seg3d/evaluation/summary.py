@@ -19,6 +19,7 @@ import math
 from pathlib import Path
 
 from seg3d.atomic import write_json_atomic, write_text_atomic
+from seg3d.core.model_folder import ModelFolder
 from seg3d.errors import Seg3dError
 
 
@@ -87,9 +88,9 @@ def _mean(values) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def read_training_log(fold_dir: Path) -> dict:
-    """Epochs and training time from ``log.csv`` (columns named epoch / *time* / *elapsed*), if present."""
-    path = fold_dir / "log.csv"
+def read_training_log(path: Path) -> dict:
+    """Epochs and training time from a fold's ``log.csv`` (``ModelFolder.training_log``; columns named epoch /
+    *time* / *elapsed*), if present."""
     try:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
@@ -120,7 +121,7 @@ def read_training_log(fold_dir: Path) -> dict:
 
 def read_postprocessing(model_dir: Path, value_to_name: dict[int, str]) -> dict[str, str]:
     """Per-class decision from ``postprocessing.json``, as ``on``/``off`` (tolerant of its exact format)."""
-    obj = _load_json(model_dir / "postprocessing.json")
+    obj = _load_json(ModelFolder(model_dir).postprocessing_json)
     if obj is None:
         return {}
     out = {}
@@ -154,11 +155,10 @@ def read_postprocessing(model_dir: Path, value_to_name: dict[int, str]) -> dict[
 
 
 def _references(model_dir: Path) -> dict[str, Path]:
-    """Reference label files of the training dataset recorded in the plan (``extra.dataset_dir``), if present."""
+    """Reference label files of the training dataset the model folder records, if present."""
     from seg3d.io.layout import load_dataset
 
-    plans = _load_json(model_dir / "plans.json") or {}
-    ddir = (plans.get("extra") or {}).get("dataset_dir") if isinstance(plans.get("extra"), dict) else None
+    ddir = ModelFolder(model_dir).dataset_dir()
     if not ddir:
         return {}
     try:
@@ -194,7 +194,7 @@ def dice_from_predictions(vdir: Path, refs: dict[str, Path], value_to_name: dict
 
 
 def _labels(model_dir: Path) -> dict[str, int]:
-    plans = _load_json(model_dir / "plans.json") or {}
+    plans = _load_json(ModelFolder(model_dir).plans_json) or {}
     labels = plans.get("labels")
     if isinstance(labels, dict):
         try:
@@ -206,35 +206,33 @@ def _labels(model_dir: Path) -> dict[str, int]:
 
 def summarize_model(model_dir: str | Path) -> dict:
     """Folds, CV Dice per class, post-processing, epochs and time of one model folder."""
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise Seg3dError("model folder not found", model_dir)
-    fold_dirs = sorted((d for d in model_dir.glob("fold_*") if d.is_dir()),
-                       key=lambda d: (not d.name[5:].isdigit(), int(d.name[5:]) if d.name[5:].isdigit() else 0))
+    folder = ModelFolder(model_dir).require()
+    model_dir = folder.path
+    fold_dirs = folder.fold_dirs()
     if not fold_dirs:
         raise Seg3dError("no fold_K/ folders: is this a seg3d model folder?", model_dir)
     labels = _labels(model_dir)
     value_to_name = {v: n for n, v in labels.items() if v != 0}
-    info = _load_json(model_dir / "model.json") or {}
+    info = _load_json(folder.model_json) or {}
     name = " ".join(str(info[k]) for k in ("config", "arch") if info.get(k)) or model_dir.name
     notes, folds, pooled, refs, partial = [], [], {}, None, False
-    for d in fold_dirs:
-        entry: dict = {"fold": d.name[5:], "dice": {}, "mean_dice": None, "n_cases": None}
-        vpath = d / "validation" / "summary.json"
+    for fold, d in fold_dirs:
+        entry: dict = {"fold": fold, "dice": {}, "mean_dice": None, "n_cases": None}
+        vpath, vdir = folder.validation_summary(fold), folder.validation_dir(fold)
         val = read_validation(vpath, value_to_name) if vpath.is_file() else None
-        if val is None and (d / "validation").is_dir() and value_to_name:
+        if val is None and vdir.is_dir() and value_to_name:
             refs = _references(model_dir) if refs is None else refs
-            val = dice_from_predictions(d / "validation", refs, value_to_name) if refs else None
+            val = dice_from_predictions(vdir, refs, value_to_name) if refs else None
             if val is not None and not val["cases"]:
                 val = None
         if val is not None:
             entry.update(dice=val["dice"], mean_dice=_mean(val["dice"].values()), n_cases=val["n"])
-            if d.name != "fold_all":  # trained on everything: its "validation" is not cross-validation
+            if fold != "all":  # trained on everything: its "validation" is not cross-validation
                 partial = partial or not val["cases"]
                 pooled.update({f"{d.name}/{k}": v for k, v in val["cases"].items()})
         else:
             notes.append(f"{d.name}: no validation/summary.json (training not finished?)")
-        entry.update(read_training_log(d))
+        entry.update(read_training_log(folder.training_log(fold)))
         folds.append(entry)
     classes = list(value_to_name.values()) or sorted({c for f in folds for c in f["dice"]})
     cv_folds = [f for f in folds if f["fold"] != "all" and f["dice"]]
@@ -303,8 +301,9 @@ def ensemble_cv(model_dirs: list[Path]) -> tuple[dict | None, str]:
     refs = _references(model_dirs[0])
     per_model = []
     for d in model_dirs:
-        found = {f"{p.parent.parent.name}/{p.stem}": p for p in d.glob("fold_*/validation/*.npz")
-                 if p.parent.parent.name != "fold_all"}
+        folder = ModelFolder(d)
+        found = {f"{fd.name}/{p.stem}": p for fold, fd in folder.fold_dirs() if fold != "all"
+                 for p in sorted(folder.validation_dir(fold).glob("*.npz"))}
         per_model.append(found)
     common = set(per_model[0]).intersection(*per_model[1:])
     if not common or any(set(m) != common for m in per_model):
@@ -342,7 +341,7 @@ def summary_markdown(res: dict) -> str:
               "|---|" + "---|" * (len(cls) + 4)]
         for f in m["folds"]:
             t = f.get("training_time_s")
-            prog = Path(m["model_dir"]) / f"fold_{f['fold']}" / "progress.png"
+            prog = ModelFolder(m["model_dir"]).progress_plot(f["fold"])
             link = f"[progress.png]({prog})" if prog.is_file() else "–"
             L.append(f"| {f['fold']} | " + " | ".join(_f(f["dice"].get(c)) for c in cls) +
                      f" | {_f(f['mean_dice'])} | {f.get('epochs', '–')} | "

@@ -1,7 +1,7 @@
-"""Inference: sliding window x mirroring x folds, export to the input's exact geometry, batch folders.
+"""Inference: the Predictor, the sliding window (TTA, folds), network calls and backends, the batch stages.
 
-Imported lazily so that ``from seg3d.inference import sliding_window_predict`` does not pull in the batch
-runner (and the trainer does not pull in file I/O it does not need).
+Imported lazily so that ``from seg3d.inference import sliding_window_predict`` does not pull in the
+predictor's model loading. Batch runners over the stages live in :mod:`seg3d.runners`.
 """
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ _API = {
     "sliding_window_predict": "seg3d.inference.sliding_window",
     "gaussian_importance": "seg3d.inference.sliding_window",
     "Predictor": "seg3d.inference.predictor",
-    "predict_folder": "seg3d.inference.batch",
+    "Prediction": "seg3d.inference.predictor",
+    "NetworkCall": "seg3d.inference.network_call",
+    "TorchNetwork": "seg3d.inference.network_call",
 }
 
 __all__ = list(_API)

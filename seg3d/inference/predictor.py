@@ -1,14 +1,13 @@
 """The Predictor: load a model folder once, predict many images in memory (numpy arrays or SimpleITK images).
 
 Per case: preprocess exactly as in training (reorient to canonical, crop, resample, normalize), sliding
-window x mirroring x folds, probabilities back to the input grid (un-resample, un-crop, un-reorient),
-argmax, class index -> label value, connected-component post-processing where cross-validation accepted it.
-The mask is in the input's own array order, so writing it with the input's Geometry gives its exact header.
+window x mirroring x folds through the backend's network calls, probabilities back to the input grid
+(un-resample, un-crop, un-reorient), argmax, class index -> label value, connected-component post-processing
+where cross-validation accepted it. The mask is in the input's own array order, so writing it with the
+input's Geometry gives its exact header.
 """
 from __future__ import annotations
 
-import os
-import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from seg3d.core.device import resolve_device
+from seg3d.core.folds import ALL_AVAILABLE
+from seg3d.core.model_folder import ModelFolder
+from seg3d.core.settings import PredictSettings, settings_from
 from seg3d.errors import Seg3dError
 from seg3d.io.image import Geometry
-from seg3d.model_dir import ModelInfo, available_folds, fold_dir
-from seg3d.planning.plan import Plan
 
 
 @dataclass
@@ -32,133 +33,63 @@ class Prediction:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def resolve_device(device: str):
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise Seg3dError("--device cuda was requested but no CUDA GPU is available (use --device cpu)")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise Seg3dError(f"unknown device '{device}' (use auto, cpu or cuda)")
-    return torch.device(device)
-
-
-def label_dtype(label_values) -> np.dtype:
-    return np.dtype(np.uint8) if max(label_values) <= 255 else np.dtype(np.uint16)
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A training checkpoint as a dict; a missing or damaged file is the user's problem, named."""
-    import torch
-
-    if not path.is_file():
-        raise Seg3dError("checkpoint not found", path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # written by seg3d's own trainer with extra Python objects: trusted, it is the user's model folder
-        ckpt = _load_any(path)
-    except (RuntimeError, EOFError, OSError) as e:
-        raise Seg3dError(f"cannot read checkpoint ({e}); was training interrupted?", path) from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise Seg3dError("not a seg3d checkpoint (no 'model' entry)", path)
-    return ckpt
-
-
-def _load_any(path: Path):
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a damaged file
-        raise Seg3dError(f"cannot read checkpoint ({type(e).__name__}: {e})", path) from None
-
-
 class Predictor:
-    """A model folder loaded once: its plan, configuration, one network per fold, post-processing rules.
+    """A model folder loaded once: its plan, configuration, one network call per fold, post-processing rules.
+
+    Args:
+        model_dir: a model folder written by ``seg3d train`` (or a :class:`ModelFolder`).
+        settings: :class:`~seg3d.core.settings.PredictSettings`; keyword arguments replace its fields
+            (``Predictor(m, folds=[0], tta=False)``). Only the model-level fields matter here (folds, config,
+            checkpoint, device, precision, backend, tta, step, postprocess); the batch fields are the runner's.
+
+    Raises:
+        Seg3dError: missing folder or fold, a checkpoint that does not fit the plan, a bad setting.
 
     >>> p = Predictor("models/Dataset004", folds=[0])          # doctest: +SKIP
+    >>> mask = p.predict_case(sitk_image)                      # SimpleITK image -> SimpleITK image, same grid
     >>> labels = p.predict_case(data, geometry)                # (C, z, y, x) float32 -> (z, y, x) uint8
     """
 
-    def __init__(self, model_dir: str | Path, folds: str | list[int | str] = "all-available",
-                 config: str | None = None, device: str = "auto", tta: bool = True, step: float = 0.5,
-                 checkpoint: str = "final", postprocess: bool = True, precision: str = "auto",
-                 threads: int | None = None):
-        import torch
+    def __init__(self, model_dir: str | Path | ModelFolder, settings: PredictSettings | None = None,
+                 **overrides: Any):
+        from seg3d.inference.backends import LoadedModel, make_network_calls
 
-        self.model_dir = Path(model_dir)
-        if not self.model_dir.is_dir():
-            raise Seg3dError("model folder not found", self.model_dir)
-        if not 0.0 < step <= 1.0:
-            raise Seg3dError(f"step must be in (0, 1], got {step}")
-        from seg3d.inference.sliding_window import check_precision
-
-        check_precision(precision)
-        self.info = ModelInfo.load(self.model_dir)
-        self.plan = Plan.load(self.model_dir / "plans.json")
-        self.config_name = config or self.info.config
+        self.settings = settings_from(PredictSettings, settings, overrides)
+        s = self.settings
+        self.folder = (model_dir if isinstance(model_dir, ModelFolder) else ModelFolder(model_dir)).require()
+        self.model_dir = self.folder.path
+        self.info = self.folder.load_info()
+        self.plan = self.folder.load_plan()
+        self.config_name = s.config or self.info.config
         self.config = self.plan.config(self.config_name)
-        self.device = resolve_device(device)
-        if self.device.type == "cpu":
-            torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
-        self.tta, self.step, self.precision = tta, float(step), precision
-        self.checkpoint = checkpoint
-        self.folds = self._resolve_folds(folds)
+        self.device = resolve_device(s.device)
+        self.tta, self.step, self.precision, self.checkpoint = s.tta, s.step, s.precision, s.checkpoint
+        self.folds = self._resolve_folds(s.folds)
         self.label_values = tuple(self.plan.label_values)
-        self.networks = [self._load_network(f) for f in self.folds]
-        self.postprocessing = self._load_postprocessing() if postprocess else None
+        model = LoadedModel(self.folder, self.plan, self.info, self.config_name, self.config, tuple(self.folds),
+                            self.device)
+        self.networks = make_network_calls(model, s)
+        self.postprocessing = self._load_postprocessing() if s.postprocess else None
 
     # --- loading -------------------------------------------------------------------------------------
     def _resolve_folds(self, folds) -> list[str]:
-        have = available_folds(self.model_dir, self.checkpoint)
-        if folds in ("all-available", "all_available", None):
+        have = self.folder.available_folds(self.checkpoint)
+        if folds == ALL_AVAILABLE:
             if not have:
                 raise Seg3dError(f"no fold has a checkpoint_{self.checkpoint}.pt (has training finished?)",
                                  self.model_dir)
             return have
-        if isinstance(folds, (int, str)):
-            folds = [folds]
-        out = [str(f) for f in folds]
+        out = list(folds)
         missing = [f for f in out if f not in have]
         if missing:
             raise Seg3dError(f"fold(s) {', '.join(missing)} have no checkpoint_{self.checkpoint}.pt "
                              f"(available: {', '.join(have) or 'none'})", self.model_dir)
         return out
 
-    def _load_network(self, fold: str):
-        import torch
-
-        from seg3d.nets import build_network
-
-        path = fold_dir(self.model_dir, fold) / f"checkpoint_{self.checkpoint}.pt"
-        ckpt = load_checkpoint(path)
-        arch = ckpt.get("arch", self.info.arch)
-        num_classes = int(ckpt.get("num_classes", self.plan.num_classes))
-        if num_classes != self.plan.num_classes:
-            raise Seg3dError(f"checkpoint predicts {num_classes} classes but the plan declares "
-                             f"{self.plan.num_classes}", path)
-        cfg_name = ckpt.get("config")
-        if isinstance(cfg_name, str) and cfg_name != self.config_name:
-            raise Seg3dError(f"checkpoint was trained for configuration '{cfg_name}', not "
-                             f"'{self.config_name}'", path)
-        net = build_network(self.config, self.plan.num_channels, num_classes, arch=arch,
-                            deep_supervision=self.info.deep_supervision)
-        try:
-            net.load_state_dict(ckpt["model"])
-        except RuntimeError as e:
-            raise Seg3dError(f"weights do not fit the network the plan describes ({str(e).splitlines()[0]})",
-                             path) from None
-        net.eval().to(self.device)
-        if self.device.type == "cuda":
-            net.to(memory_format=torch.channels_last_3d if self.config.ndim == 3 else torch.channels_last)
-        return net
-
     def _load_postprocessing(self):
         from seg3d.postprocessing import PostprocessingRule
 
-        path = self.model_dir / "postprocessing.json"
+        path = self.folder.postprocessing_json
         return PostprocessingRule.load(path) if path.is_file() else None
 
     # --- prediction ----------------------------------------------------------------------------------
@@ -166,11 +97,12 @@ class Predictor:
     def mirror_axes(self) -> tuple[int, ...]:
         return tuple(self.config.mirror_axes) if self.tta else ()
 
-    def settings(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         """What a run manifest records about this predictor."""
         return {"model_dir": str(self.model_dir.resolve()), "config": self.config_name, "folds": self.folds,
                 "checkpoint": self.checkpoint, "device": str(self.device), "tta": self.tta,
                 "mirror_axes": list(self.mirror_axes), "step": self.step, "precision": self.precision,
+                "backend": self.settings.backend,
                 "postprocessing": None if self.postprocessing is None else self.postprocessing.to_dict()}
 
     def check_input(self, data: np.ndarray, geometry: Geometry, where: str | Path | None = None) -> np.ndarray:
@@ -206,18 +138,16 @@ class Predictor:
         """Mean softmax over folds and mirrorings, ``(K, *shape)`` on the device."""
         from seg3d.inference.sliding_window import sliding_window_predict
 
-        patch = self.config.patch_size
-        return sliding_window_predict(self.networks, pdata, patch, self.step, self.mirror_axes, self.device,
-                                      num_classes=self.plan.num_classes, slice_axis=self.config.slice_axis,
-                                      precision=self.precision)
+        return sliding_window_predict(self.networks, pdata, self.config.patch_size, self.step, self.mirror_axes,
+                                      self.device, num_classes=self.plan.num_classes,
+                                      slice_axis=self.config.slice_axis)
 
     def export(self, probs, props, probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities on the preprocessed grid -> label values (and probabilities) on the input grid."""
-        from seg3d.preprocessing import revert_to_original
+        from seg3d.preprocessing import indices_to_labels, revert_to_original
 
         idx = revert_to_original(probs, props, self.plan, self.config, out="labels")
-        lut = np.asarray(self.label_values, dtype=label_dtype(self.label_values))
-        labels = lut[np.asarray(idx)]
+        labels = indices_to_labels(idx, self.label_values)
         if self.postprocessing is not None:
             labels = self.postprocessing.apply(labels, props.geometry.spacing_zyx)
         p = None
@@ -226,13 +156,24 @@ class Predictor:
         return labels, p
 
     def predict_case(self, data, geometry: Geometry | None = None, return_probabilities: bool = False):
-        """Labels (label values, the input's array order, uint8/uint16) for one image.
+        """Segment one image.
 
-        ``data``: ``(C, z, y, x)`` float32 (or ``(z, y, x)`` for one channel) with its ``geometry``; or a
-        SimpleITK image / list of images (one per channel). With ``return_probabilities`` a
-        :class:`Prediction` is returned instead.
+        * A SimpleITK image (or a list of them, one per channel) -> a SimpleITK label image on the same grid
+          (size, spacing, origin, direction copied from the input).
+        * An array ``(C, z, y, x)`` float32 (or ``(z, y, x)`` for one channel) with its ``geometry`` -> the
+          label array ``(z, y, x)`` (label values, uint8/uint16, the input's array order).
+
+        With ``return_probabilities`` a :class:`Prediction` (label array, geometry, probabilities
+        ``(K, z, y, x)``, timings) is returned for either input.
+
+        Raises:
+            Seg3dError: wrong channel count, shape, spacing, NaN/Inf values, channels on different grids.
         """
-        data, geometry = _as_array(data, geometry)
+        images = _sitk_images(data)
+        if images is not None:
+            data, geometry = _stack_images(images)
+        elif geometry is None:
+            raise Seg3dError("a numpy array needs its Geometry (spacing, origin, direction)")
         t0 = time.perf_counter()
         pdata, props = self.preprocess(data, geometry)
         t1 = time.perf_counter()
@@ -240,37 +181,32 @@ class Predictor:
         t2 = time.perf_counter()
         labels, p = self.export(probs, props, return_probabilities)
         t3 = time.perf_counter()
-        if not return_probabilities:
+        if return_probabilities:
+            return Prediction(labels, geometry, p, {"preprocess": t1 - t0, "network": t2 - t1, "export": t3 - t2})
+        if images is None:
             return labels
-        return Prediction(labels, geometry, p, {"preprocess": t1 - t0, "network": t2 - t1, "export": t3 - t2})
-
-    def predict_arrays(self, data, geometry: Geometry | None = None, return_probabilities: bool = False):
-        """Alias of :meth:`predict_case` (the name the architecture document uses)."""
-        return self.predict_case(data, geometry, return_probabilities)
-
-    def predict_image(self, image):
-        """SimpleITK image(s) in, SimpleITK label image out, carrying the input's exact geometry."""
         import SimpleITK as sitk
 
-        labels = self.predict_case(image)
         out = sitk.GetImageFromArray(labels)
-        first = image[0] if isinstance(image, (list, tuple)) else image
-        out.CopyInformation(first)
+        out.CopyInformation(images[0])
         return out
 
 
-def _as_array(data, geometry: Geometry | None):
-    if isinstance(data, (list, tuple)) or type(data).__name__ == "Image" and hasattr(data, "GetSize"):
-        import SimpleITK as sitk
+def _sitk_images(data) -> list | None:
+    """The SimpleITK images ``data`` holds (one, or a list per channel), ``None`` for an array."""
+    items = list(data) if isinstance(data, (list, tuple)) else [data]
+    if items and all(type(i).__name__ == "Image" and hasattr(i, "GetSize") for i in items):
+        return items
+    return None
 
-        images = list(data) if isinstance(data, (list, tuple)) else [data]
-        geo = Geometry.from_sitk(images[0])
-        arrays = []
-        for i, img in enumerate(images):
-            if Geometry.from_sitk(img).mismatches(geo):
-                raise Seg3dError(f"channel {i} is not on the same grid as channel 0")
-            arrays.append(sitk.GetArrayFromImage(img).astype(np.float32, copy=False))
-        return np.stack(arrays), geo
-    if geometry is None:
-        raise Seg3dError("a numpy array needs its Geometry (spacing, origin, direction)")
-    return data, geometry
+
+def _stack_images(images: list) -> tuple[np.ndarray, Geometry]:
+    import SimpleITK as sitk
+
+    geo = Geometry.from_sitk(images[0])
+    arrays = []
+    for i, img in enumerate(images):
+        if Geometry.from_sitk(img).mismatches(geo):
+            raise Seg3dError(f"channel {i} is not on the same grid as channel 0")
+        arrays.append(sitk.GetArrayFromImage(img).astype(np.float32, copy=False))
+    return np.stack(arrays), geo

@@ -1,6 +1,8 @@
 """Sliding-window prediction with Gaussian importance weighting, mirroring TTA and a fold ensemble.
 
-One function, shared by ``seg3d predict`` and the trainer's end-of-fold validation. Softmax probabilities
+One function, shared by ``seg3d predict`` and the trainer's end-of-fold validation. It calls networks through
+the :data:`~seg3d.inference.network_call.NetworkCall` seam and knows nothing of torch modules, autocast or
+runtimes (a module given directly is wrapped in a :class:`~seg3d.inference.network_call.TorchNetwork`). Softmax probabilities
 (not logits) are averaged over mirrorings and folds, weighted per voxel by a Gaussian centred on each window
 (sigma = patch/8), because predictions near a window's border see less context and are less reliable.
 
@@ -12,12 +14,12 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from contextlib import contextmanager, nullcontext
 from functools import lru_cache
 
 import numpy as np
 import torch
-from torch import nn
+
+from seg3d.inference.network_call import NetworkCall, as_network_calls
 
 # Voxels (windows x patch, times mirrorings) fed to one forward pass; bounded to keep activations small.
 # On the CPU a pass of windows up to that size holds at least 2 of them: PyTorch sends batch-1 3D
@@ -70,68 +72,7 @@ def window_items(shape: Sequence[int], patch: Sequence[int], step: float,
     return [(start, c) for start in starts for c in combos]
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def check_precision(precision: str) -> None:
-    """A precision name the user gave, checked before any work."""
-    if precision not in PRECISIONS:
-        from seg3d.errors import Seg3dError
-
-        raise Seg3dError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype to use (``None`` = float32).
-
-    ``auto``: fp16 on CUDA; bf16 on CPUs whose oneDNN has native bf16 kernels, otherwise float32 (emulated
-    bf16 convolutions are two orders of magnitude slower than float32, measured on AVX2-only CPUs).
-    """
-    check_precision(precision)
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    if device.type == "cuda":
-        return torch.float16
-    if device.type == "cpu" and cpu_has_fast_bf16():
-        return torch.bfloat16
-    return None
-
-
-def precision_warning(precision: str, device: torch.device) -> str | None:
-    """Why a requested precision is a bad idea on this device (``None`` when it is fine)."""
-    if precision == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
-        return ("bf16 was requested but this CPU has no native bf16 convolutions (no AVX512-BF16/AMX): "
-                "PyTorch emulates them, measured 55-170x slower than fp32; 'auto' would use fp32 here")
-    if precision == "fp16" and device.type == "cpu":
-        return "fp16 on the CPU has no fast convolutions; use auto (bf16 where supported, else fp32)"
-    return None
-
-
-@lru_cache(maxsize=1)
-def cpu_has_fast_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-@contextmanager
-def _eval_mode(networks: Sequence[nn.Module]):
-    modes = [n.training for n in networks]
-    try:
-        for n in networks:
-            n.eval()
-        yield
-    finally:
-        for n, m in zip(networks, modes):
-            n.train(m)
-
-
-def sliding_window_predict(networks: nn.Module | Sequence[nn.Module], data, patch: Sequence[int],
+def sliding_window_predict(networks: NetworkCall | Sequence[NetworkCall], data, patch: Sequence[int],
                            step: float = 0.5, mirror_axes: Sequence[int] = (), device="cpu", *,
                            num_classes: int | None = None, slice_axis: int | None = None,
                            precision: str = "auto", channels_last: bool | None = None,
@@ -139,17 +80,19 @@ def sliding_window_predict(networks: nn.Module | Sequence[nn.Module], data, patc
                            sigma_scale: float = 0.125) -> torch.Tensor:
     """Softmax probabilities ``(K, z, y, x)`` float32 for a preprocessed image ``data`` ``(C, z, y, x)``.
 
-    ``networks``: one network or a fold ensemble (their probabilities are averaged). ``patch``: the network's
+    ``networks``: one network call or a fold ensemble of them (their probabilities are averaged); torch modules
+    are wrapped in :class:`~seg3d.inference.network_call.TorchNetwork` with ``precision`` and ``channels_last``
+    (which only apply to them). ``patch``: the network's
     window, 3 entries, or 2 entries with ``slice_axis`` for 2D networks (the image is then predicted
     slice by slice along that axis and ``mirror_axes`` index the two in-plane axes). ``step``: distance
     between windows as a fraction of the patch (0.5 = half-overlapping). ``mirror_axes``: axes the model
     was trained to mirror; every combination is predicted and averaged. The result lives on ``device`` (or
     on the CPU when ``accumulate_on="cpu"`` or, under ``auto``, when the volume is too large for the GPU).
     """
-    nets = [networks] if isinstance(networks, nn.Module) else list(networks)
+    device = torch.device(device)
+    nets = as_network_calls(networks, device, precision, channels_last)
     if not nets:
         raise ValueError("sliding_window_predict needs at least one network")
-    device = torch.device(device)
     x = torch.as_tensor(data) if not isinstance(data, torch.Tensor) else data
     if x.ndim != 4:
         raise ValueError(f"data must be (C, z, y, x), got shape {tuple(x.shape)}")
@@ -167,9 +110,6 @@ def sliding_window_predict(networks: nn.Module | Sequence[nn.Module], data, patc
         xp[(slice(None),) + tuple(slice(b, b + s) for b, s in zip(before, spatial))] = x
         x = xp
     items = window_items(padded, patch3, step, mirror3)
-    amp = resolve_precision(precision, device)
-    if channels_last is None:
-        channels_last = device.type == "cuda" or amp is not None
     if batch_voxels is None:
         batch_voxels = _GPU_BATCH_VOXELS if device.type == "cuda" else _CPU_BATCH_VOXELS
     patch_voxels = int(np.prod(patch3))
@@ -179,10 +119,10 @@ def sliding_window_predict(networks: nn.Module | Sequence[nn.Module], data, patc
 
     gauss = gaussian_importance(patch3, sigma_scale, device)
     acc = weight = None
-    with torch.no_grad(), _eval_mode(nets):
+    with torch.no_grad():
         for b0 in range(0, len(items), forward_batch):
             batch = items[b0:b0 + forward_batch]
-            probs = _predict_items(nets, x, batch, patch3, slice_axis, amp, channels_last, device)
+            probs = _predict_items(nets, x, batch, patch3, slice_axis)
             if acc is None:
                 acc_dev = _accumulator_device(accumulate_on, device, probs.shape[1], padded)
                 acc = torch.zeros((probs.shape[1], *padded), dtype=torch.float32, device=acc_dev)
@@ -225,8 +165,7 @@ def _accumulator_device(accumulate_on: str, device: torch.device, k: int, shape)
     return device if need < 0.5 * free else torch.device("cpu")
 
 
-def _predict_items(nets, x: torch.Tensor, items, patch3, slice_axis, amp, channels_last,
-                   device) -> torch.Tensor:
+def _predict_items(nets: list[NetworkCall], x: torch.Tensor, items, patch3, slice_axis) -> torch.Tensor:
     """Mean softmax over networks for a batch of (window start, mirrored axes) items, un-mirrored."""
     def crop(start):
         return x[(slice(None),) + tuple(slice(a, a + p) for a, p in zip(start, patch3))]
@@ -234,22 +173,19 @@ def _predict_items(nets, x: torch.Tensor, items, patch3, slice_axis, amp, channe
     xs = torch.stack([crop(s).flip([a + 1 for a in c]) if c else crop(s) for s, c in items])
     total = None
     for net in nets:
-        p = _forward(net, xs, slice_axis, amp, channels_last, device)
+        p = _forward(net, xs, slice_axis)
         total = p if total is None else total + p
     if len(nets) > 1:
         total = total / len(nets)
     return torch.stack([total[i].flip([a + 1 for a in c]) if c else total[i] for i, (_, c) in enumerate(items)])
 
 
-def _forward(net, x: torch.Tensor, slice_axis, amp, channels_last, device) -> torch.Tensor:
+def _forward(net: NetworkCall, x: torch.Tensor, slice_axis) -> torch.Tensor:
+    """Softmax of one network call; 2D networks see the windows with the slice axis squeezed out."""
     if slice_axis is not None:
         x = x.squeeze(2 + slice_axis)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last_3d if x.ndim == 5 else torch.channels_last)
-    ctx = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
-    with ctx:
-        out = net(x)
-    if isinstance(out, (list, tuple)):  # deep supervision left on: full resolution comes first
+    out = net(x)
+    if isinstance(out, (list, tuple)):  # a call that returns deep-supervision outputs: full resolution first
         out = out[0]
     p = torch.softmax(out.float(), dim=1)
     if slice_axis is not None:

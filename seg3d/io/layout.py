@@ -6,7 +6,9 @@ missing or broken file at once instead of failing at the first.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +94,22 @@ def _parse_labels(raw, path: Path, msd: bool) -> dict[str, int]:
     if 0 not in out.values():
         raise Seg3dError("labels must declare background with value 0", path)
     return dict(sorted(out.items(), key=lambda kv: kv[1]))
+
+
+def read_dataset_labels(dataset_json: str | Path) -> dict[str, int]:
+    """Label names -> values from an nnU-Net v2 or MSD ``dataset.json`` (background included).
+
+    Raises:
+        Seg3dError: missing file, invalid JSON, no or malformed ``labels`` (names the file).
+    """
+    path = Path(dataset_json)
+    meta = _read_json(path)
+    if "labels" not in meta:
+        raise Seg3dError("'labels' is missing", path)
+    raw = meta["labels"]
+    msd = "modality" in meta or (isinstance(raw, dict) and all(str(k).strip().isdigit() and isinstance(v, str)
+                                                               for k, v in raw.items()))
+    return _parse_labels(raw, path, msd=msd)
 
 
 def _parse_channels(raw, path: Path, key: str) -> tuple[str, ...]:
@@ -253,6 +271,25 @@ def _load_msd(root: Path, meta: dict, meta_path: Path) -> Dataset:
     ending = _ending_of(cases[0].images[0].name) if cases else ".nii.gz"
     return Dataset(root, str(meta.get("name", root.name)), "msd", channels, labels, ending or ".nii.gz",
                    tuple(cases), tuple(test), tuple(problems))
+
+
+def dataset_digest(dataset: Dataset, salt: str = "") -> str:
+    """sha256 that changes whenever dataset.json, a file name, size or modification time changes (or ``salt``,
+    the caller's method version). Reads no image."""
+    h = hashlib.sha256(salt.encode())
+    try:
+        h.update(dataset.dataset_json.read_bytes())
+    except OSError:
+        h.update(b"<no dataset.json>")
+    files = sorted({p for c in dataset.cases + dataset.test_cases for p in c.files})
+    for p in files:
+        rel = os.path.relpath(p, dataset.root)
+        try:
+            st = p.stat()
+            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{rel}\0missing\n".encode())
+    return h.hexdigest()
 
 
 def read_case_images(case: Case, num_channels: int) -> tuple[np.ndarray, Geometry]:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import nn
 
 NORM = ("INSTANCE", {"affine": True})
@@ -38,13 +37,3 @@ def init_weights(module: nn.Module) -> None:
             nn.init.kaiming_normal_(m.weight, a=1e-2)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def to_memory_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    if not channels_last:
-        return x
-    return x.contiguous(memory_format=torch.channels_last_3d if x.ndim == 5 else torch.channels_last)

@@ -4,10 +4,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from seg3d.core.plan import Topology
+from seg3d.nets import register_architecture
 from seg3d.nets.blocks import conv_stage, head, init_weights, upsample
-from seg3d.planning.plan import Topology
 
 
+@register_architecture("unet")
 class UNet(nn.Module):
     """Encoder–decoder with skip connections and optional deep supervision.
 

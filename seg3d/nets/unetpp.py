@@ -17,10 +17,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from seg3d.core.plan import Topology
+from seg3d.nets import register_architecture
 from seg3d.nets.blocks import conv_stage, head, init_weights, upsample
-from seg3d.planning.plan import Topology
 
 
+@register_architecture("unetpp")
 class UNetPlusPlus(nn.Module):
     def __init__(self, topology: Topology, in_channels: int, num_classes: int, deep_supervision: bool = True):
         super().__init__()

@@ -1,5 +1,5 @@
 """Planning: target spacing, normalization, topology and patch/batch under a memory budget."""
-from seg3d.planning.plan import ChannelNormalization, Configuration, Plan, Topology
+from seg3d.core.plan import ChannelNormalization, Configuration, Plan, Topology
 from seg3d.planning.planner import plan_dataset, plan_from_fingerprint
 from seg3d.planning.presets import PRESET_NAMES, Preset, load_preset
 

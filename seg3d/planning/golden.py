@@ -19,15 +19,11 @@ REPO = Path(__file__).resolve().parents[2]
 GOLDEN_DIR = REPO / "plans" / "golden"
 HIPPOCAMPUS = REPO.parent / "shared" / "data" / "Dataset004_Hippocampus"
 VOLATILE = ("fingerprint_digest",)  # depends on file modification times, not on the planner
-VOLATILE_EXTRA = ("dataset_dir",)  # where the checkout happens to be
 
 
 def comparable(plan_dict: dict) -> dict:
     """The plan as compared and stored: without fields that change when the same files are re-written."""
-    out = {k: v for k, v in plan_dict.items() if k not in VOLATILE}
-    if isinstance(out.get("extra"), dict):
-        out["extra"] = {k: v for k, v in out["extra"].items() if k not in VOLATILE_EXTRA}
-    return out
+    return {k: v for k, v in plan_dict.items() if k not in VOLATILE}
 
 
 def dumps(plan_dict: dict) -> str:

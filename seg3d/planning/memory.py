@@ -18,7 +18,7 @@ import functools
 import math
 from dataclasses import dataclass
 
-from seg3d.planning.plan import Configuration, Topology
+from seg3d.core.plan import Configuration, Topology
 
 BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 OPTIMIZER_BUFFERS = {"sgd": 1, "adamw": 2}

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from seg3d.planning.plan import ChannelNormalization, Configuration, Plan
+from seg3d.core.plan import ChannelNormalization, Configuration, Plan, TrainingDefaults
+from seg3d.core.plan_folder import PlanFolder
 from seg3d.planning.presets import Preset, load_preset
 from seg3d.planning.search import Task, make_configuration, plan_lowres
 from seg3d.planning.spacing import shape_at_spacing, target_spacing
@@ -35,15 +35,24 @@ def plan_normalization(fp) -> tuple[ChannelNormalization, ...]:
     return tuple(out)
 
 
-def plan_from_fingerprint(fp, preset: Preset | str = "8gb", progress: ProgressFn | None = None) -> Plan:
-    """The plan for a dataset described by ``fp`` (a :class:`seg3d.fingerprint.Fingerprint`)."""
+def plan_from_fingerprint(fp, preset: Preset | str = "8gb", progress: ProgressFn | None = None,
+                          arch: str = "unet") -> Plan:
+    """The plan for a dataset described by ``fp`` (a :class:`seg3d.fingerprint.Fingerprint`), with patch and
+    batch sized for the training memory of ``arch`` (a name of the :mod:`seg3d.nets` registry)."""
+    from seg3d.nets import architecture_names
+
+    if arch not in architecture_names():
+        from seg3d.errors import Seg3dError
+
+        raise Seg3dError(f"unknown architecture '{arch}' (choose from {', '.join(architecture_names())})")
     preset = load_preset(preset) if isinstance(preset, str) else preset
     spacings, shapes = fp.spacings, fp.cropped_shapes
     ts = target_spacing(spacings, shapes)
     median = shape_at_spacing(shapes, spacings, ts.spacing)
     task = Task(in_channels=len(fp.channel_names), num_classes=len(fp.labels),
-                dataset_voxels=float(math.prod(median)) * len(fp.cases))
-    notes: list[str] = []
+                dataset_voxels=float(math.prod(median)) * len(fp.cases), arch=arch)
+    notes: list[str] = [] if arch == "unet" else [f"patch and batch are sized for the '{arch}' architecture: "
+                                                   f"train with --arch {arch}"]
     if ts.percentile_used:
         notes.append(f"axis {ts.anisotropic_axis} is coarse with few voxels: its target spacing is the "
                      f"10th percentile of its spacings ({ts.spacing[ts.anisotropic_axis]:g} mm)")
@@ -72,7 +81,7 @@ def plan_from_fingerprint(fp, preset: Preset | str = "8gb", progress: ProgressFn
                 original_median_spacing=tuple(round(float(v), 6) for v in np.median(spacings, axis=0)),
                 original_median_shape=tuple(int(v) for v in np.median(fp.shapes, axis=0)), preset=preset.name,
                 gpu_memory_gb=float(preset.memory_gb), fingerprint_digest=fp.digest, notes=tuple(notes),
-                extra={"training": dict(preset.training)} if preset.training else {})
+                training=TrainingDefaults.from_dict(preset.training))
     plan.validate()
     return plan
 
@@ -104,12 +113,13 @@ def _quietly(fn) -> None:
 
 def plan_dataset(dataset_dir: str | Path, out_dir: str | Path, preset: str = "8gb",
                  gpu_memory_gb: float | None = None, workers: int | None = None,
-                 progress: ProgressFn | None = None) -> Plan:
+                 progress: ProgressFn | None = None, arch: str = "unet") -> Plan:
     """Check, fingerprint and plan a dataset; write ``fingerprint.json`` and ``plans.json`` to ``out_dir``.
 
     A dataset with any problem is refused with one :class:`Seg3dError` listing them all. The fingerprint is
     reused from ``out_dir/fingerprint.json`` while the dataset's files are unchanged.
-    ``gpu_memory_gb`` replaces the preset's memory budget.
+    ``gpu_memory_gb`` replaces the preset's memory budget; ``arch`` is the architecture the memory estimate
+    sizes patch and batch for (train with the same ``--arch``).
     """
     from seg3d.fingerprint import problems_error, scan_dataset
 
@@ -124,13 +134,14 @@ def plan_dataset(dataset_dir: str | Path, out_dir: str | Path, preset: str = "8g
 
     try:
         problems, fp = scan_dataset(dataset_dir, workers=workers, progress=scanning,
-                                    cache_path=out / "fingerprint.json")
+                                    cache_path=PlanFolder(out).fingerprint_json)
     finally:
         warm.join()
     if fp is None:
         raise problems_error(problems, Path(dataset_dir))
-    plan = plan_from_fingerprint(fp, chosen, progress=progress)
-    # where the data lives, so `seg3d train PLAN_DIR` and the post-processing decision can find the cases
-    plan = replace(plan, extra={**plan.extra, "dataset_dir": str(Path(dataset_dir).resolve())})
-    plan.save(out / "plans.json")
+    plan = plan_from_fingerprint(fp, chosen, progress=progress, arch=arch)
+    folder = PlanFolder(out)
+    plan.save(folder.plans_json)
+    # where the data lives (beside the plan, not in it), so `seg3d train PLAN_DIR` can find the cases
+    folder.record_dataset(dataset_dir)
     return plan

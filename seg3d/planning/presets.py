@@ -39,7 +39,7 @@ class Preset:
     # shrink a patch padded beyond the median image back inside it (padding is compute a CPU cannot spare)
     patch_within_image: bool = False
     # defaults for `seg3d train` on plans made with this preset (optimizer, lr, augmentation); recorded in the
-    # plan's extra["training"], overridden by the command line
+    # plan's typed `training` field (TrainingDefaults), overridden by the command line
     training: dict = field(default_factory=dict)
 
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from seg3d.core.plan import Configuration, Topology
 from seg3d.planning.memory import estimate_training_memory
-from seg3d.planning.plan import Configuration, Topology
 from seg3d.planning.presets import Preset
 from seg3d.planning.spacing import shape_at_spacing
 from seg3d.planning.topology import plan_topology
@@ -27,11 +27,12 @@ LOWRES_MIN_REDUCTION = 2.0  # drop 3d_lowres unless it shrinks the median image 
 
 @dataclass(frozen=True)
 class Task:
-    """What the network must fit: channels in, classes out, and how big the dataset is."""
+    """What the network must fit: channels in, classes out, how big the dataset is, which architecture."""
 
     in_channels: int
     num_classes: int
     dataset_voxels: float  # median image voxels (at fullres spacing) x number of cases
+    arch: str = "unet"  # the architecture whose training memory the estimate measures (seg3d.nets registry)
 
 
 def initial_patch(spacing: Sequence[float], median_shape: Sequence[int], voxels: int) -> tuple[int, ...]:
@@ -50,7 +51,8 @@ def _topology(patch, spacing, preset: Preset) -> tuple[Topology, tuple[int, ...]
 
 def _estimate(topo, patch, batch, task: Task, preset: Preset):
     return estimate_training_memory(topo, patch, batch, task.in_channels, task.num_classes, preset.precision,
-                                    preset.optimizer, overhead_gb=preset.overhead_gb, device=preset.device)
+                                    preset.optimizer, arch=task.arch, overhead_gb=preset.overhead_gb,
+                                    device=preset.device)
 
 
 def batch_size_for(topo: Topology, patch: tuple[int, ...], task: Task, preset: Preset) -> int:

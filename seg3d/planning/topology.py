@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from seg3d.planning.plan import Topology
+from seg3d.core.plan import Topology
 
 
 def plan_topology(patch: Sequence[int], spacing: Sequence[float], base_features: int = 32,

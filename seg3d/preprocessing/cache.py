@@ -28,6 +28,8 @@ CACHE_VERSION = 1
 MAX_FG_LOCATIONS = 10_000
 FG_SEED = 1234
 MANIFEST = "manifest.json"
+# the digest's salt: the fingerprint's when caches were first written, kept so existing caches stay valid
+DIGEST_SALT = "seg3d-fingerprint v1 samples 10000000\n"
 PLAN_COPY = "plans.json"
 
 
@@ -130,14 +132,13 @@ def build_cache(dataset, plan, config_name: str, cache_dir, workers: int | None 
     """
     import multiprocessing as mp
 
-    from seg3d.fingerprint import dataset_digest
-    from seg3d.io.layout import Dataset, load_dataset
+    from seg3d.io.layout import Dataset, dataset_digest, load_dataset
 
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     manifest = {"version": CACHE_VERSION, "dataset_root": str(Path(ds.root).resolve()),
-                "dataset_digest": dataset_digest(ds), "config_name": config_name,
+                "dataset_digest": dataset_digest(ds, DIGEST_SALT), "config_name": config_name,
                 "plan_hash": plan_hash(plan, config_name), "case_ids": [c.case_id for c in ds.cases]}
     old = _read_manifest(cache_dir)
     keys = ("version", "dataset_digest", "config_name", "plan_hash")
@@ -205,7 +206,7 @@ class CaseCache:
     @property
     def plan(self):
         if self._plan is None:
-            from seg3d.planning.plan import Plan
+            from seg3d.core.plan import Plan
 
             self._plan = Plan.load(self.cache_dir / PLAN_COPY)
         return self._plan

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["train", "default_model_dir"]
+__all__ = ["Trainer", "train"]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,5 +1,6 @@
 """Checkpoints: written atomically (temp file, fsync, rename) so a kill never leaves an unloadable file.
 
+Read back with :meth:`seg3d.core.model_folder.ModelFolder.load_checkpoint` (the one loader).
 ``checkpoint_latest.pt`` holds everything a resume needs: weights, optimizer, grad scaler, RNG states, the
 schedule position (epoch, step, elapsed seconds) and the EMA/best pseudo-Dice.
 """
@@ -13,7 +14,6 @@ from typing import Any
 import numpy as np
 
 from seg3d.atomic import atomic_path
-from seg3d.errors import Seg3dError
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -25,22 +25,6 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint written by :func:`save_checkpoint` (our own file: full unpickling is trusted)."""
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise Seg3dError("checkpoint not found", path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a damaged file
-        raise Seg3dError(f"cannot read checkpoint ({type(e).__name__}: {e})", path) from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise Seg3dError("not a seg3d checkpoint (no 'model' entry)", path)
-    return ckpt
 
 
 def unwrap(net):

@@ -16,14 +16,17 @@ from seg3d.atomic import write_text_atomic, write_with_atomic
 class EpochLog:
     """Rows of per-epoch numbers, kept in memory and mirrored to ``log.csv``."""
 
-    def __init__(self, fold_dir: Path, resume_epochs: int | None = None, tensorboard: bool = True):
-        self.path = Path(fold_dir) / "log.csv"
-        self.png = Path(fold_dir) / "progress.png"
+    def __init__(self, csv_path: Path, png_path: Path, tensorboard_dir: Path | None = None,
+                 resume_epochs: int | None = None):
+        """``csv_path`` / ``png_path`` / ``tensorboard_dir`` (``None``: no TensorBoard): see
+        :meth:`seg3d.core.model_folder.ModelFolder.training_log` and its neighbours."""
+        self.path = Path(csv_path)
+        self.png = Path(png_path)
         self.rows: list[dict] = []
         if resume_epochs is not None and self.path.is_file():
             with open(self.path, newline="") as f:
                 self.rows = [dict(r) for r in csv.DictReader(f)][:resume_epochs]
-        self._tb = _tensorboard(Path(fold_dir) / "tensorboard") if tensorboard else None
+        self._tb = _tensorboard(Path(tensorboard_dir)) if tensorboard_dir is not None else None
 
     def append(self, row: dict) -> None:
         self.rows.append(row)
@@ -70,16 +73,19 @@ def _col(rows: list[dict], name: str) -> list[float]:
 
 
 def plot_progress(rows: list[dict], path: Path) -> None:
-    """Losses, pseudo-Dice (+ EMA), learning rate and data-wait share per epoch (matplotlib Agg)."""
+    """Losses, pseudo-Dice (+ EMA), learning rate and data-wait share per epoch.
+
+    matplotlib's object API (a Figure with its own Agg canvas): no pyplot, no process-wide backend switch.
+    """
     if not rows:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     ep = _col(rows, "epoch")
-    fig, axes = plt.subplots(3, 1, figsize=(9, 9), sharex=True)
+    fig = Figure(figsize=(9, 9))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(3, 1, sharex=True)
     a = axes[0]
     a.plot(ep, _col(rows, "train_loss"), label="train loss", color="tab:blue")
     a.plot(ep, _col(rows, "val_loss"), label="val loss", color="tab:red")
@@ -102,4 +108,3 @@ def plot_progress(rows: list[dict], path: Path) -> None:
     axes[2].set_xlabel("epoch")
     fig.tight_layout()
     write_with_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
-    plt.close(fig)

@@ -32,10 +32,11 @@ def make_splits(case_ids: list[str], num_folds: int = 5, seed: int = SPLIT_SEED)
     return out
 
 
-def load_or_create_splits(model_dir: str | Path, case_ids: list[str], num_folds: int = 5,
+def load_or_create_splits(path: str | Path, case_ids: list[str], num_folds: int = 5,
                           write: bool = True) -> list[dict]:
-    """``MODEL_DIR/splits.json`` if it exists (checked against the cases), else new splits, saved if ``write``."""
-    path = Path(model_dir) / "splits.json"
+    """The splits file ``path`` (``ModelFolder.splits_json``) if it exists (checked against the cases), else new
+    splits, saved there if ``write``."""
+    path = Path(path)
     if path.is_file():
         try:
             splits = json.loads(path.read_text())

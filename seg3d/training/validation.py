@@ -3,7 +3,7 @@
 Pseudo-Dice pools true/false positives over all validation patches (one number per class, as nnU-Net's), so a
 class absent from a patch neither helps nor hurts. The end-of-fold validation uses the inference Predictor —
 the very preprocessing, sliding window and export that ``seg3d predict`` uses — writes
-``fold_K/validation/<case><ending>`` with the input's geometry and Dice per case and class to
+``fold_K/validation/<case><ending>`` with the same header-preserving writer as ``seg3d predict`` and Dice per case and class to
 ``fold_K/validation/summary.json`` (the CV evidence for post-processing and ``seg3d summary``).
 """
 from __future__ import annotations
@@ -43,32 +43,38 @@ def dice_from_counts(counts) -> list[float]:
 
 
 def validate_fold(model_dir: Path, fold: int | str, val_ids: list[str], dataset_dir: Path, device: str,
-                  tta: bool = True, progress: ProgressFn | None = None, log=print) -> dict:
+                  tta: bool = True, progress: ProgressFn | None = None, log=print,
+                  precision: str = "auto") -> dict:
     """Predict the fold's held-out cases from ``checkpoint_final.pt`` and score them (Dice per case and class)."""
+    from seg3d.core.model_folder import ModelFolder
+    from seg3d.core.settings import PredictSettings
     from seg3d.evaluation.metrics import case_metrics
-    from seg3d.inference.batch import write_probabilities
     from seg3d.inference.predictor import Predictor
-    from seg3d.io.image import write_image
-    from seg3d.io.layout import load_dataset, read_case_images, read_case_label
-    from seg3d.model_dir import fold_dir
+    from seg3d.inference.stages import write_probabilities
+    from seg3d.io.layout import load_dataset, read_case_label
+    from seg3d.io.sources import CaseSource
+    from seg3d.io.writers import write_mask
 
     t0 = time.perf_counter()
-    predictor = Predictor(model_dir, folds=[str(fold)], device=device, tta=tta, postprocess=False)
+    folder = ModelFolder(model_dir)
+    predictor = Predictor(folder, PredictSettings(folds=(str(fold),), device=device, tta=tta, postprocess=False,
+                                                  precision=precision))
     plan = predictor.plan
     names = {v: k for k, v in plan.labels.items()}
     fg_values = [v for v in plan.label_values if v != 0]
     ds = load_dataset(dataset_dir)
     by_id = {c.case_id: c for c in ds.cases}
-    out_dir = fold_dir(model_dir, fold) / "validation"
+    out_dir = folder.validation_dir(fold)
     out_dir.mkdir(parents=True, exist_ok=True)
     cases: dict[str, dict] = {}
     for i, cid in enumerate(val_ids):
         case = by_id[cid]
-        data, geometry = read_case_images(case, plan.num_channels)
+        source = CaseSource.from_case(case)
+        data, geometry = source.read(plan.num_channels)
         keep = plan.num_classes * int(np.prod(data.shape[1:])) <= MAX_SAVED_PROBABILITIES
         pred = predictor.predict_case(data, geometry, return_probabilities=keep)
         labels = pred.labels if keep else pred
-        write_image(labels, geometry, out_dir / f"{cid}{ds.file_ending}")
+        write_mask(labels, geometry, out_dir / f"{cid}{ds.file_ending}", source)
         if keep:  # what `seg3d summary` averages across models to score their ensemble
             write_probabilities(out_dir / f"{cid}.npz", pred.probabilities, plan.label_values)
         ref, _ = read_case_label(case)
@@ -83,7 +89,7 @@ def validate_fold(model_dir: Path, fold: int | str, val_ids: list[str], dataset_
     summary = {"fold": str(fold), "n_cases": len(cases), "checkpoint": "final", "tta": tta,
                "per_class": per_class, "mean_foreground_dice": float(np.mean(defined)) if defined else None,
                "cases": cases, "seconds": round(time.perf_counter() - t0, 2)}
-    write_json_atomic(out_dir / "summary.json", summary)
+    write_json_atomic(folder.validation_summary(fold), summary)
     log(f"fold {fold} validation on {len(cases)} held-out case(s): mean foreground Dice "
         f"{_f(summary['mean_foreground_dice'])} (" +
         ", ".join(f"{k} {_f(v)}" for k, v in per_class.items()) + f") in {summary['seconds']:.1f} s")

@@ -120,7 +120,7 @@ def test_cv_dice_computed_from_validation_label_maps_when_no_summary(tmp_path):
 
 
 def test_ensemble_is_scored_from_averaged_validation_probabilities(tmp_path):
-    from seg3d.inference.batch import write_probabilities
+    from seg3d.inference.stages import write_probabilities
     from seg3d.io.image import write_image
 
     ds, geo, ref = _reference_dataset(tmp_path, ("a",))

@@ -15,7 +15,7 @@ def tiny_model_dir(tmp_path, tiny_plan) -> Path:
 
 @pytest.fixture
 def two_channel_plan(tiny_plan):
-    from seg3d.planning.plan import ChannelNormalization
+    from seg3d.core.plan import ChannelNormalization
 
     return replace(tiny_plan, channel_names=("T1", "T2"),
                    normalization=(ChannelNormalization("T1", "zscore"), ChannelNormalization("T2", "zscore")))

@@ -38,17 +38,18 @@ def make_model_dir(root: Path, plan, folds=(0,), seed: int = 0) -> Path:
     """Save ``plan`` and one random network per fold in the checkpoint format the trainer writes."""
     import torch
 
-    from seg3d.model_dir import ModelInfo, fold_dir
+    from seg3d.core.model_folder import ModelFolder, ModelInfo
     from seg3d.nets import build_network
 
     root.mkdir(parents=True, exist_ok=True)
     plan.save(root / "plans.json")
-    ModelInfo(config="3d_fullres").save(root)
+    folder = ModelFolder(root)
+    folder.save_info(ModelInfo(config="3d_fullres"))
     cfg = plan.config("3d_fullres")
     for f in folds:
         torch.manual_seed(seed + int(f))
         net = build_network(cfg, plan.num_channels, plan.num_classes)
-        d = fold_dir(root, f)
+        d = folder.fold_dir(f)
         d.mkdir(parents=True, exist_ok=True)
         torch.save({"model": net.state_dict(), "arch": "unet", "config": "3d_fullres",
                     "num_classes": plan.num_classes}, d / "checkpoint_final.pt")

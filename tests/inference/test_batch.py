@@ -11,8 +11,9 @@ import pytest
 from inference_helpers import write_case
 
 from seg3d.errors import Seg3dError
-from seg3d.inference.batch import list_input_cases, predict_folder, split_parts
+from seg3d.inference.stages import list_input_cases, split_parts
 from seg3d.io.image import Geometry, read_image
+from seg3d.runners.local import predict_folder
 
 GEO = Geometry((12, 10, 6), (1.0, 1.0, 2.0), (5.0, -3.0, 1.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
 
@@ -38,7 +39,7 @@ class ThresholdPredictor:
         self.calls.append("export")
         return probs.astype(np.uint8), (np.stack([~probs, probs]).astype(np.float32) if probabilities else None)
 
-    def settings(self):
+    def describe(self):
         return {"model": "threshold"}
 
 
@@ -134,7 +135,7 @@ def test_interrupted_write_leaves_no_partial_file(tmp_path, monkeypatch):
         with monkeypatch.context() as m:
             m.setattr(module, name, dying_write)
             if module is sitk:  # the SimpleITK path: a non-NIfTI reference
-                m.setattr("seg3d.inference.export._write_nifti_like", _raise_fallback)
+                m.setattr("seg3d.io.writers._write_nifti_like", _raise_fallback)
             with pytest.raises(KeyboardInterrupt):
                 _run(in_dir, tmp_path / "out")
     leftovers = [p.name for p in (tmp_path / "out").iterdir() if p.name != "predict_manifest.json"]
@@ -144,7 +145,7 @@ def test_interrupted_write_leaves_no_partial_file(tmp_path, monkeypatch):
 
 
 def _raise_fallback(*a, **kw):
-    from seg3d.inference.export import _Fallback
+    from seg3d.io.writers import _Fallback
 
     raise _Fallback
 
@@ -191,7 +192,7 @@ def test_cli_precision_is_checked_before_work_and_recorded(tmp_path, tiny_model_
 def test_precision_warning_names_emulated_bf16_only_where_it_is_emulated():
     import torch
 
-    from seg3d.inference.sliding_window import cpu_has_fast_bf16, precision_warning
+    from seg3d.core.device import cpu_has_fast_bf16, precision_warning
 
     cpu = torch.device("cpu")
     assert precision_warning("fp32", cpu) is None and precision_warning("auto", cpu) is None

@@ -8,8 +8,9 @@ import torch
 from inference_helpers import make_model_dir, random_geometry, write_case
 
 from seg3d.errors import Seg3dError
-from seg3d.inference import Predictor, predict_folder
+from seg3d.inference import Predictor
 from seg3d.io.image import Geometry, read_header, read_image, write_image
+from seg3d.runners.local import predict_folder
 
 
 class BrightIsCore(torch.nn.Module):
@@ -87,9 +88,11 @@ def test_multichannel_and_channel_count_errors(tmp_path, two_channel_plan):
 
 def test_fold_ensemble_is_the_mean_of_the_folds(tiny_model_dir):
     x = np.random.default_rng(1).normal(size=(1, 12, 40, 36)).astype(np.float32)
-    both = Predictor(tiny_model_dir, folds="all-available", device="cpu", tta=False).predict_preprocessed(x)
-    f0 = Predictor(tiny_model_dir, folds=[0], device="cpu", tta=False).predict_preprocessed(x)
-    f1 = Predictor(tiny_model_dir, folds=[1], device="cpu", tta=False).predict_preprocessed(x)
+    # fp32: an exactness test (auto would pick bf16 on CPUs with native bf16)
+    both = Predictor(tiny_model_dir, folds="all-available", device="cpu", tta=False,
+                     precision="fp32").predict_preprocessed(x)
+    f0 = Predictor(tiny_model_dir, folds=[0], device="cpu", tta=False, precision="fp32").predict_preprocessed(x)
+    f1 = Predictor(tiny_model_dir, folds=[1], device="cpu", tta=False, precision="fp32").predict_preprocessed(x)
     assert (f0 - f1).abs().max() > 1e-3  # two different networks
     torch.testing.assert_close(both, (f0 + f1) / 2, atol=1e-5, rtol=1e-5)
 
@@ -102,7 +105,7 @@ def test_simpleitk_api_keeps_geometry_and_missing_fold_is_named(tiny_model_dir):
     img.SetOrigin((4.0, 5.0, 6.0))
     img.SetDirection((0, 1, 0, 1, 0, 0, 0, 0, -1))
     p = Predictor(tiny_model_dir, folds=[1], device="cpu", tta=False)
-    out = p.predict_image(img)
+    out = p.predict_case(img)  # a SimpleITK image in: a SimpleITK image out, on the same grid
     assert Geometry.from_sitk(out) == Geometry.from_sitk(img)
     with pytest.raises(Seg3dError, match="fold"):
         Predictor(tiny_model_dir, folds=[4], device="cpu")

@@ -1,4 +1,9 @@
-"""Sliding window: coverage, Gaussian blending, mirroring TTA and fold ensembles against direct computation."""
+"""Sliding window: coverage, Gaussian blending, mirroring TTA and fold ensembles against direct computation.
+
+Exactness tests (1e-5 against a direct float32 computation) pin ``precision="fp32"``: ``auto`` picks bf16 on
+CPUs with native bf16 (AVX-512 BF16 / AMX), and bf16 is not exact. The bf16 path has tests of its own at the
+end, which run where bf16 is native and skip elsewhere (emulated bf16 is 55-170x slower than fp32).
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -45,7 +50,7 @@ def test_pointwise_network_equals_whole_image_softmax(shape):
     torch.manual_seed(0)
     net = torch.nn.Conv3d(2, 4, 1)
     x = np.random.default_rng(0).normal(size=(2, *shape)).astype(np.float32)
-    probs = sliding_window_predict(net, x, (8, 32, 32), 0.5, (0, 1, 2))
+    probs = sliding_window_predict(net, x, (8, 32, 32), 0.5, (0, 1, 2), precision="fp32")
     assert probs.shape == (4, *shape)
     torch.testing.assert_close(probs, _full_softmax(net, x), atol=1e-5, rtol=1e-5)
 
@@ -71,7 +76,7 @@ def test_tta_and_ensemble_equal_direct_average():
     expected /= 16
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     # mirroring changes the answer for a network that is not mirror-symmetric: the test is not vacuous
-    plain = sliding_window_predict(nets[:1], x, (8, 16, 12), 0.5, ())
+    plain = sliding_window_predict(nets[:1], x, (8, 16, 12), 0.5, (), precision="fp32")
     assert (plain - got).abs().max() > 1e-3
 
 
@@ -81,7 +86,7 @@ def test_two_d_network_predicts_slice_by_slice():
     x = np.random.default_rng(2).normal(size=(1, 6, 40, 50)).astype(np.float32)
     for axis in (0, 2):
         patch = (32, 32)
-        probs = sliding_window_predict(net2d, x, patch, 0.5, (0, 1), slice_axis=axis)
+        probs = sliding_window_predict(net2d, x, patch, 0.5, (0, 1), slice_axis=axis, precision="fp32")
         with torch.no_grad():
             xs = torch.from_numpy(x).movedim(1 + axis, 0)  # (S, C, a, b)
             ref = torch.softmax(net2d(xs), 1).movedim(0, 1 + axis)
@@ -119,9 +124,60 @@ def test_cpu_forward_passes_hold_two_windows_and_batching_does_not_change_the_re
                               torch.nn.LeakyReLU(), torch.nn.Conv3d(4, 3, 1)).eval()
     x = np.random.default_rng(4).normal(size=(1, 20, 24, 24)).astype(np.float32)
     small, big = _BatchRecorder(net), _BatchRecorder(net)
-    tiny_budget = sliding_window_predict(small, x, (8, 16, 16), 0.5, (0,), batch_voxels=8 * 16 * 16)
-    large_budget = sliding_window_predict(big, x, (8, 16, 16), 0.5, (0,), batch_voxels=10**9)
+    tiny_budget = sliding_window_predict(small, x, (8, 16, 16), 0.5, (0,), batch_voxels=8 * 16 * 16,
+                                         precision="fp32")
+    large_budget = sliding_window_predict(big, x, (8, 16, 16), 0.5, (0,), batch_voxels=10**9, precision="fp32")
     n_items = 4 * 2 * 2 * 2  # 4 x 2 x 2 windows, 2 mirrorings
     assert sum(small.batches) == sum(big.batches) == n_items
     assert min(small.batches) >= 2 and big.batches == [n_items]
     torch.testing.assert_close(tiny_budget, large_budget, atol=1e-5, rtol=1e-5)
+
+
+# --- bf16: what ``precision="auto"`` uses on CPUs with native bf16 --------------------------------------------
+
+def test_auto_precision_follows_the_cpu_kind():
+    """``auto`` is bf16 exactly where the CPU has native bf16 convolutions, float32 elsewhere (runs everywhere)."""
+    from seg3d.core.device import cpu_has_fast_bf16, resolve_precision
+
+    want = torch.bfloat16 if cpu_has_fast_bf16() else None
+    assert resolve_precision("auto", torch.device("cpu")) is want
+    assert resolve_precision("fp32", torch.device("cpu")) is None
+
+
+def _native_bf16() -> bool:
+    from seg3d.core.device import cpu_has_fast_bf16
+
+    return cpu_has_fast_bf16()
+
+
+native_bf16 = pytest.mark.skipif(not _native_bf16(), reason="this CPU has no native bf16 convolutions "
+                                 "(no AVX512-BF16/AMX): bf16 is emulated there and auto uses fp32")
+
+
+@native_bf16
+@pytest.mark.parametrize("precision", ["auto", "bf16"])
+def test_bf16_probabilities_are_close_to_fp32_and_masks_agree(tiny_plan, precision):
+    """Under bf16 autocast the blended probabilities stay within bf16 rounding of fp32 and the argmax agrees."""
+    from seg3d.nets import build_network
+
+    torch.manual_seed(5)
+    net = build_network(tiny_plan.config("3d_fullres"), 1, 4, deep_supervision=False).eval()
+    x = np.random.default_rng(5).normal(size=(1, 12, 40, 36)).astype(np.float32)
+    fp32 = sliding_window_predict(net, x, (8, 32, 32), 0.5, (1, 2), precision="fp32")
+    low = sliding_window_predict(net, x, (8, 32, 32), 0.5, (1, 2), precision=precision)
+    assert low.dtype == torch.float32 and low.shape == fp32.shape
+    torch.testing.assert_close(low.sum(0), torch.ones(fp32.shape[1:]), atol=1e-4, rtol=0)
+    assert (low - fp32).abs().max() < 0.05  # bf16 keeps 8 bits of mantissa
+    assert (low - fp32).abs().max() > 0  # it really ran in bf16: not the fp32 path
+    agree = (low.argmax(0) == fp32.argmax(0)).float().mean().item()
+    assert agree > 0.99
+
+
+@native_bf16
+def test_bf16_pointwise_network_matches_whole_image_softmax_at_bf16_tolerance():
+    """The exactness test of the blending, at bf16's tolerance: windows, mirroring and padding stay right."""
+    torch.manual_seed(0)
+    net = torch.nn.Conv3d(2, 4, 1)
+    x = np.random.default_rng(0).normal(size=(2, 9, 70, 33)).astype(np.float32)
+    probs = sliding_window_predict(net, x, (8, 32, 32), 0.5, (0, 1, 2), precision="bf16")
+    torch.testing.assert_close(probs, _full_softmax(net, x), atol=3e-2, rtol=0)

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from seg3d.core.plan import Configuration, Topology
 from seg3d.losses import build_loss
 from seg3d.nets import build_network
 from seg3d.nets.flops import network_cost
-from seg3d.planning.plan import Configuration, Topology
 
 TOPO_3D = Topology(kernel_sizes=((1, 3, 3), (3, 3, 3), (3, 3, 3)), strides=((1, 1, 1), (1, 2, 2), (2, 2, 2)),
                    features=(4, 8, 16))
@@ -49,7 +49,7 @@ def test_output_contract(arch, topo, patch):
     else:
         assert len(outs) == len(levels)
     target = torch.randint(0, 3, (2, 1, *patch))
-    loss = build_loss("ce_dice", 3, num_outputs=len(outs))(outs, target)
+    loss = build_loss("ce_dice", 3)(outs, target)
     loss.backward()
     assert torch.isfinite(loss)
     assert all(p.grad is not None for p in net.parameters())  # every head takes part (DDP-safe)

@@ -3,8 +3,8 @@ import json
 import subprocess
 import sys
 
+from seg3d.core.plan import Topology
 from seg3d.planning.memory import SAFETY_FACTOR, estimate_training_memory
-from seg3d.planning.plan import Topology
 
 TOPO = Topology(((1, 3, 3), (3, 3, 3), (3, 3, 3)), ((1, 1, 1), (1, 2, 2), (2, 2, 2)), (16, 32, 64))
 
@@ -15,7 +15,7 @@ import json, resource, sys
 import psutil, torch
 import torch.nn.functional as F
 from seg3d.nets import build_network
-from seg3d.planning.plan import Configuration, Topology
+from seg3d.core.plan import Configuration, Topology
 prec, b, patch = sys.argv[1], int(sys.argv[2]), tuple(int(v) for v in sys.argv[3].split("x"))
 torch.set_num_threads(1)
 topo = Topology(((1, 3, 3), (3, 3, 3), (3, 3, 3)), ((1, 1, 1), (1, 2, 2), (2, 2, 2)), (16, 32, 64))

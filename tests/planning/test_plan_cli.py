@@ -6,10 +6,10 @@ import pytest
 from seg3d.cli.main import app
 from typer.testing import CliRunner
 
+from seg3d.core.plan import Plan
 from seg3d.errors import Seg3dError
 from seg3d.planning import plan_dataset
 from seg3d.planning.golden import GOLDEN_DIR, compute_phantom_plan, plan_diff
-from seg3d.planning.plan import Plan
 
 runner = CliRunner()
 

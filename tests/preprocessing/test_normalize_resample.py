@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from seg3d.core.plan import ChannelNormalization
 from seg3d.errors import Seg3dError
-from seg3d.planning.plan import ChannelNormalization
 from seg3d.preprocessing.normalize import normalize
 from seg3d.preprocessing.resample import interp_axis, resample_image, resample_labels
 

@@ -10,7 +10,7 @@ import json, resource
 import numpy as np, torch
 from seg3d.io.image import Geometry, Reorientation
 from seg3d.preprocessing.pipeline import CaseProperties, revert_to_original
-from seg3d.planning.plan import Configuration, Topology
+from seg3d.core.plan import Configuration, Topology
 k, src, dst = 64, (16, 96, 96), (32, 192, 192)
 cfg = Configuration("3d_fullres", (1.0, 1.0, 1.0), (16, 64, 64), 2, Topology(((3, 3, 3),), ((1, 1, 1),), (8,)),
                     src, 1.0, anisotropic_axis=None)

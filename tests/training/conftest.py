@@ -1,8 +1,6 @@
 """Fixtures of the trainer tests."""
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 
 
@@ -10,5 +8,8 @@ import pytest
 def plan_dir(tmp_path, tiny_plan, phantom_dir):
     """A plan folder for the tiny plan, recording the session's phantom dataset."""
     d = tmp_path / "plan"
-    replace(tiny_plan, extra={"dataset_dir": str(phantom_dir)}).save(d / "plans.json")
+    from seg3d.core.plan_folder import PlanFolder
+
+    tiny_plan.save(d / "plans.json")
+    PlanFolder(d).record_dataset(phantom_dir)
     return d

@@ -22,7 +22,7 @@ def test_time_budget_stops_on_time_with_lr_decayed(plan_dir, tmp_path):
 
     budget_min = 0.1  # 6 s of training, epochs unlimited
     res = train(plan_dir, fold=0, model_dir=tmp_path / "m", iters_per_epoch=2, time_budget_min=budget_min,
-                device="cpu", precision="fp32", num_workers=0, val_batches=1, validate=False, log=lambda s: None)
+                device="cpu", precision="fp32", workers=0, val_batches=1, validate=False, log=lambda s: None)
     rows = _rows(tmp_path / "m" / "fold_0" / "log.csv")
     assert len(rows) == res["epochs"] >= 2
     # stops within one epoch of the budget: never before it, never much after
@@ -35,7 +35,7 @@ def test_time_budget_stops_on_time_with_lr_decayed(plan_dir, tmp_path):
 
     # resuming a finished budget does not train further
     again = train(plan_dir, fold=0, model_dir=tmp_path / "m", iters_per_epoch=2, time_budget_min=budget_min,
-                  device="cpu", precision="fp32", num_workers=0, val_batches=1, validate=False, resume=True,
+                  device="cpu", precision="fp32", workers=0, val_batches=1, validate=False, resume=True,
                   log=lambda s: None)
     assert again["epochs"] == res["epochs"] and again["steps"] == res["steps"]
 
@@ -48,8 +48,8 @@ _DDP_SCRIPT = textwrap.dedent("""
     plan_dir, model_dir, compile_model = sys.argv[1], sys.argv[2], sys.argv[3] == "compile"
     lines = []
     res = train(plan_dir, fold=0, model_dir=model_dir, epochs=2, iters_per_epoch=2, device="cpu",
-                precision="fp32", num_workers=0, val_batches=1, validate=False, log=lines.append,
-                compile_model=compile_model)
+                precision="fp32", workers=0, val_batches=1, validate=False, log=lines.append,
+                compile=compile_model)
     rank = int(os.environ["RANK"])
     # every rank's weights after training, to compare: DDP keeps the replicas identical
     w = torch.load(os.path.join(model_dir, "fold_0", "checkpoint_latest.pt"), weights_only=False)["model"] \\

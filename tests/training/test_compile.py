@@ -1,4 +1,4 @@
-"""`train(..., compile_model=True)`: the compiled forward trains, checkpoints stay plain, failures fall back."""
+"""`train(..., compile=True)`: the compiled forward trains, checkpoints stay plain, failures fall back."""
 from __future__ import annotations
 
 import torch
@@ -8,11 +8,11 @@ def _train(plan_dir, out, logs, **kw):
     from seg3d.training import train
 
     return train(plan_dir, fold=0, model_dir=out, epochs=1, iters_per_epoch=2, device="cpu", precision="fp32",
-                 num_workers=0, val_batches=1, validate=False, log=logs.append, compile_model=True, **kw)
+                 workers=0, val_batches=1, validate=False, log=logs.append, compile=True, **kw)
 
 
 def test_compiled_training_runs_and_saves_plain_weights(plan_dir, tmp_path):
-    from seg3d.inference.predictor import load_checkpoint
+    from seg3d.core.model_folder import load_checkpoint_file as load_checkpoint
 
     logs: list[str] = []
     res = _train(plan_dir, tmp_path / "m", logs)

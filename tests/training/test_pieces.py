@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from seg3d.core.model_folder import load_checkpoint_file as load_checkpoint
 from seg3d.errors import Seg3dError
-from seg3d.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from seg3d.training.checkpoint import rng_state, save_checkpoint, set_rng_state
 from seg3d.training.logging import EpochLog
 from seg3d.training.schedule import default_schedule, training_fraction
 from seg3d.training.splits import fold_cases, load_or_create_splits, make_splits
@@ -24,7 +25,7 @@ def test_splits_partition_and_are_deterministic(tmp_path):
     assert sorted(vals) == ids  # every case validated exactly once
     for s in s1:
         assert not set(s["train"]) & set(s["val"]) and len(s["train"]) + len(s["val"]) == 23
-    saved = load_or_create_splits(tmp_path, ids)
+    saved = load_or_create_splits(tmp_path / "splits.json", ids)
     assert json.loads((tmp_path / "splits.json").read_text()) == saved == s1
     assert fold_cases(saved, "all", ids) == (ids, [])
     with pytest.raises(Seg3dError, match="fold 7"):
@@ -35,10 +36,10 @@ def test_user_splits_are_respected_and_checked(tmp_path):
     ids = ["a", "b", "c", "d"]
     mine = [{"train": ["a", "b", "c"], "val": ["d"]}]
     (tmp_path / "splits.json").write_text(json.dumps(mine))
-    assert load_or_create_splits(tmp_path, ids) == mine
+    assert load_or_create_splits(tmp_path / "splits.json", ids) == mine
     (tmp_path / "splits.json").write_text(json.dumps([{"train": ["a", "zz"], "val": ["d"]}]))
     with pytest.raises(Seg3dError, match="zz"):
-        load_or_create_splits(tmp_path, ids)
+        load_or_create_splits(tmp_path / "splits.json", ids)
 
 
 def test_poly_schedule_by_steps_and_by_time_budget():
@@ -86,7 +87,7 @@ def test_rng_states_round_trip():
 
 
 def test_log_csv_and_progress_png(tmp_path):
-    log = EpochLog(tmp_path, tensorboard=False)
+    log = EpochLog(tmp_path / "log.csv", tmp_path / "progress.png")
     for e in range(3):
         log.append({"epoch": e, "train_loss": 1.0 / (e + 1), "val_loss": 0.5, "dice_core": 0.2 * e,
                     "ema_dice": 0.05 * e, "lr": 0.01 * (1 - e / 4), "epoch_time_s": 2.0, "data_wait": 0.1})
@@ -96,17 +97,18 @@ def test_log_csv_and_progress_png(tmp_path):
     assert [int(r["epoch"]) for r in got] == [0, 1, 2]
     assert float(got[2]["dice_core"]) == pytest.approx(0.4)
     assert (tmp_path / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    resumed = EpochLog(tmp_path, resume_epochs=2, tensorboard=False)  # a resume at epoch 2 drops later rows
+    resumed = EpochLog(tmp_path / "log.csv", tmp_path / "progress.png", resume_epochs=2)  # a resume at epoch 2 drops later rows
     assert [int(r["epoch"]) for r in resumed.rows] == [0, 1]
 
 
 def test_training_defaults_come_from_the_plan_and_the_command_line_wins(tiny_plan):
     from dataclasses import replace
 
+    from seg3d.core.plan import TrainingDefaults
     from seg3d.training.trainer import training_defaults
 
     assert training_defaults(tiny_plan, None, None, None) == ("sgd", None, "default")  # nnU-Net's
-    cpu_like = replace(tiny_plan, extra={"training": {"optimizer": "adamw", "lr": 0.003, "augmentation": "light"}})
+    cpu_like = replace(tiny_plan, training=TrainingDefaults("adamw", 0.003, "light"))
     assert training_defaults(cpu_like, None, None, None) == ("adamw", 0.003, "light")
     assert training_defaults(cpu_like, "sgd", 0.02, "none") == ("sgd", 0.02, "none")
     assert default_schedule("adamw", 0.003).base_lr == 0.003 and default_schedule("sgd").base_lr == 0.01

@@ -22,7 +22,7 @@ def test_tiny_network_learns_two_cases_and_fold_validation_is_written(plan_dir, 
     # the short-run recipe (as the cpu preset's, at a higher lr): 300 iterations learn every class, the small
     # "satellite" included (nnU-Net's SGD recipe needs far longer for it)
     res = train(plan_dir, fold=0, model_dir=model_dir, epochs=20, iters_per_epoch=15, device="cpu",
-                precision="fp32", num_workers=0, val_batches=1, log=lambda s: None, optimizer="adamw", lr=1e-2,
+                precision="fp32", workers=0, val_batches=1, log=lambda s: None, optimizer="adamw", lr=1e-2,
                 augmentation="light")
     fdir = model_dir / "fold_0"
     for name in ("checkpoint_latest.pt", "checkpoint_best.pt", "checkpoint_final.pt", "log.csv", "progress.png"):
@@ -40,7 +40,7 @@ def test_tiny_network_learns_two_cases_and_fold_validation_is_written(plan_dir, 
 def test_resume_equals_uninterrupted(plan_dir, tmp_path):
     from seg3d.training import train
 
-    kw = dict(fold=0, epochs=3, iters_per_epoch=3, device="cpu", precision="fp32", num_workers=0,
+    kw = dict(fold=0, epochs=3, iters_per_epoch=3, device="cpu", precision="fp32", workers=0,
               val_batches=1, validate=False, log=lambda s: None)
     a, b = tmp_path / "a", tmp_path / "b"
     train(plan_dir, model_dir=a, **kw)

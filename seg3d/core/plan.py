@@ -1,7 +1,8 @@
 """The plan: everything later stages need to know about a dataset, as plain, validated data.
 
 A plan is written once by the planner as a readable ``plans.json`` and read by preprocessing, training and
-inference; none of them read global state. All spatial tuples are in array order ``(z, y, x)`` of the
+inference; none of them read global state. A plan holds no path: where its dataset lives is recorded beside it
+(:class:`seg3d.core.plan_folder.PlanFolder`), so a plan folder can be moved or shared. All spatial tuples are in array order ``(z, y, x)`` of the
 *canonical* orientation (see :class:`seg3d.io.image.Reorientation`); 2D configurations list the two
 in-plane axes only and slice along ``slice_axis``.
 """
@@ -83,6 +84,29 @@ class Configuration:
 
 
 @dataclass(frozen=True)
+class TrainingDefaults:
+    """Defaults for ``seg3d train`` on this plan, from the planner preset; the command line overrides them.
+
+    ``None`` means nnU-Net's choice: SGD (lr 1e-2) and its full augmentation. The ``cpu`` preset says
+    AdamW, lr 3e-3 and ``light`` augmentation (short runs learn faster with them).
+    """
+
+    optimizer: str | None = None  # sgd | adamw
+    lr: float | None = None  # base learning rate
+    augmentation: str | None = None  # default | light | none (seg3d.data.AUGMENTATION_PRESETS)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> TrainingDefaults:
+        d = dict(d or {})
+        unknown = sorted(set(d) - {"optimizer", "lr", "augmentation"})
+        if unknown:
+            raise Seg3dError(f"unknown training defaults: {', '.join(unknown)}")
+        lr = d.get("lr")
+        return cls(optimizer=d.get("optimizer"), lr=None if lr is None else float(lr),
+                   augmentation=d.get("augmentation"))
+
+
+@dataclass(frozen=True)
 class Plan:
     dataset_name: str
     channel_names: tuple[str, ...]
@@ -96,7 +120,7 @@ class Plan:
     fingerprint_digest: str = ""
     notes: tuple[str, ...] = ()
     schema_version: int = SCHEMA_VERSION
-    extra: dict[str, Any] = field(default_factory=dict)
+    training: TrainingDefaults = field(default_factory=TrainingDefaults)
 
     @property
     def label_values(self) -> tuple[int, ...]:
@@ -177,7 +201,7 @@ class Plan:
             configurations=configs, original_median_spacing=_ftuple(d["original_median_spacing"]),
             original_median_shape=_ituple(d["original_median_shape"]), preset=d.get("preset", ""),
             gpu_memory_gb=float(d.get("gpu_memory_gb", 0.0)), fingerprint_digest=d.get("fingerprint_digest", ""),
-            notes=tuple(d.get("notes", ())), schema_version=int(version), extra=dict(d.get("extra", {})))
+            notes=tuple(d.get("notes", ())), schema_version=int(version), training=_training(d))
 
     # --- validation ----------------------------------------------------------------------------------
     def validate(self) -> None:
@@ -239,6 +263,15 @@ def _validate_config(name: str, c: Configuration) -> None:
         raise Seg3dError(f"{where}: mirror_axes {c.mirror_axes} out of range for {nd}D")
     if name == "2d" and c.slice_axis not in (0, 1, 2):
         raise Seg3dError(f"{where}: 2d configurations need slice_axis 0, 1 or 2")
+
+
+def _training(d: dict[str, Any]) -> TrainingDefaults:
+    """The typed training defaults; plans written before they had a field kept them in ``extra["training"]``
+    (and an absolute ``extra["dataset_dir"]``, which is ignored: the plan folder records it)."""
+    if "training" in d:
+        return TrainingDefaults.from_dict(d["training"])
+    extra = d.get("extra") or {}
+    return TrainingDefaults.from_dict(extra.get("training") if isinstance(extra, dict) else None)
 
 
 def _ituple(v) -> tuple[int, ...]:
