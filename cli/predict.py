@@ -37,6 +37,16 @@ def register(app: typer.Typer) -> None:
         num_parts: int = typer.Option(1, "--num-parts", help="Split the sorted case list into N parts ..."),
         part_id: int = typer.Option(0, "--part-id", help="... and predict part K (0-based)."),
         checkpoint: str = typer.Option("final", "--checkpoint", help="final, best or latest."),
+        engine: str = typer.Option("local", "--engine", help="local (this machine) or ray (a Ray cluster: "
+                                   "cases go to free workers; needs seg3d[ray] and storage every node sees)."),
+        ray_address: str | None = typer.Option(None, "--ray-address", help="auto or HOST:PORT of a running "
+                                               "Ray cluster to join (default: start one on this machine)."),
+        workers: int | None = typer.Option(None, "--workers", help="Ray workers in all (default: as many as "
+                                           "the cluster's GPUs and CPUs hold)."),
+        gpus_per_worker: float = typer.Option(1.0, "--gpus-per-worker", help="GPUs per GPU worker (0.5: two "
+                                              "per GPU); the CPUs left get CPU workers."),
+        cpus_per_worker: int | None = typer.Option(None, "--cpus-per-worker", help="CPUs (and threads) per "
+                                                   "Ray worker (default: 4, or a node's CPUs if fewer)."),
     ) -> None:
         """Segment every case in a folder; outputs carry each input's exact header."""
         from seg3d.core.device import set_threads
@@ -56,12 +66,21 @@ def register(app: typer.Typer) -> None:
             folds=fold_list or "all-available", tta=tta, step=step, device=device, precision=precision,
             checkpoint=checkpoint, postprocess=postprocess, save_probabilities=save_probabilities,
             continue_=continue_, num_parts=num_parts, part_id=part_id, config=config))
+        ray_settings = guarded(lambda: _ray_settings(engine, ray_address, workers, gpus_per_worker,
+                                                     cpus_per_worker))
         set_threads(None)
+
+        def log(line: str) -> None:
+            console.print(line, highlight=False, soft_wrap=True)
 
         def run():
             with progress_bar("predict") as bar:
-                return predict_folder(input_dir, output_dir, model_dir, settings, progress=bar,
-                                      log=lambda s: console.print(s, highlight=False, soft_wrap=True))
+                if ray_settings is None:
+                    return predict_folder(input_dir, output_dir, model_dir, settings, progress=bar, log=log)
+                from seg3d.runners.ray import predict_folder_ray
+
+                return predict_folder_ray(input_dir, output_dir, model_dir, settings, ray_settings,
+                                          progress=bar, log=log)
 
         summary = guarded(run)
         _print_summary(summary)
@@ -96,6 +115,22 @@ def register(app: typer.Typer) -> None:
                           "yes" if int(v) in rule.classes else "no")
         out.print(table)
         out.print(f"written: {model_dir / 'postprocessing.json'}")
+
+
+def _ray_settings(engine: str, address: str | None, workers: int | None, gpus_per_worker: float,
+                  cpus_per_worker: int | None):
+    """``None`` for the local engine; the Ray engine's settings (its options are refused without it)."""
+    from seg3d.core.settings import RaySettings
+    from seg3d.errors import Seg3dError
+
+    if engine == "local":
+        if address is not None or workers is not None or cpus_per_worker is not None or gpus_per_worker != 1.0:
+            raise Seg3dError("--ray-address, --workers, --gpus-per-worker and --cpus-per-worker need --engine ray")
+        return None
+    if engine != "ray":
+        raise Seg3dError(f"--engine takes local or ray, got '{engine}'")
+    return RaySettings(address=address, workers=workers, gpus_per_worker=gpus_per_worker,
+                       cpus_per_worker=cpus_per_worker)
 
 
 def _print_summary(summary: dict) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -51,14 +52,17 @@ class CaseRecord:
     error: str | None = None
     path: str | None = None  # the file a failure is about
     seconds: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # a runner's own facts (Ray: worker, attempts, retries)
 
     def manifest_entry(self) -> dict[str, Any]:
         if self.status == "ok":
-            return {"case": self.case, "status": "ok", "output": self.output,
-                    "seconds": {k: round(v, 4) for k, v in self.seconds.items()}}
-        if self.status == "skipped":
-            return {"case": self.case, "status": "skipped", "output": self.output}
-        return {"case": self.case, "status": "failed", "error": self.error}
+            entry = {"case": self.case, "status": "ok", "output": self.output,
+                     "seconds": {k: round(v, 4) for k, v in self.seconds.items()}}
+        elif self.status == "skipped":
+            entry = {"case": self.case, "status": "skipped", "output": self.output}
+        else:
+            entry = {"case": self.case, "status": "failed", "error": self.error}
+        return {**entry, **self.extra}
 
     def failure(self) -> dict[str, Any]:
         return {"case": self.case, "path": self.path, "error": self.error}
@@ -299,6 +303,43 @@ def summarize(inventory: Inventory, records: dict[str, CaseRecord], failures: li
             "failed": [f.failure() for f in failures], "seconds": seconds,
             "seconds_per_case": loop_seconds / len(ok) if ok else None,
             "network_seconds_per_case": float(np.mean(net)) if net else None, "manifest": str(manifest)}
+
+
+@dataclass
+class Tally:
+    """The records of a run as its cases finish, and the progress report every runner gives:
+    ``progress(done, total, "<rate> cases/s, ETA m:ss[, <note>]")``; failures are also logged as they happen."""
+
+    total: int
+    records: dict[str, CaseRecord]
+    failures: list[CaseRecord]
+    progress: Callable[[int, int, str], None] | None = None
+    log: Callable[[str], None] | None = None
+    done: int = 0
+    t0: float = field(default_factory=time.perf_counter)
+
+    def add(self, rec: CaseRecord, note: str = "") -> None:
+        """Keep ``rec`` (a failure also in ``failures``, and logged) and report progress."""
+        self.records[rec.case] = rec
+        if rec.status == "failed":
+            self.failures.append(rec)
+            if self.log:
+                self.log(f"failed: {rec.error}")
+        self.done += 1
+        self.report(note)
+
+    def report(self, note: str = "") -> None:
+        """Report progress now (also between cases, so the ETA keeps moving on long cases)."""
+        if self.progress is None:
+            return
+        if not self.done:
+            self.progress(0, self.total, note)
+            return
+        rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
+        left = round((self.total - self.done) / rate)
+        eta = f"{left // 3600}:{left % 3600 // 60:02d}:{left % 60:02d}" if left >= 3600 else \
+            f"{left // 60}:{left % 60:02d}"
+        self.progress(self.done, self.total, f"{rate:.2f} cases/s, ETA {eta}" + (f", {note}" if note else ""))
 
 
 def now() -> str:

@@ -61,19 +61,8 @@ def predict_folder(in_dir: str | Path, out_dir: str | Path, model_dir: str | Pat
 def _pipeline(todo: list[Job], predictor, records: dict[str, CaseRecord], failures: list[CaseRecord],
               progress: ProgressFn | None, log: Callable[[str], None] | None) -> None:
     """Read ahead (1 thread), predict here, write behind (1 thread); at most one case waits to be written."""
-    total, done = len(todo), 0
-    t0 = time.perf_counter()
-
-    def record(r: CaseRecord) -> None:
-        nonlocal done
-        records[r.case] = r
-        if r.status == "failed":
-            failures.append(r)
-            if log:
-                log(f"failed: {r.error}")
-        done += 1
-        rate = f"{done / max(time.perf_counter() - t0, 1e-9):.2f} cases/s" if r.status == "ok" else ""
-        report(progress, done, total, rate)
+    total = len(todo)
+    record = stages.Tally(total, records, failures, progress, log).add
 
     def collect(job: Job, fut: Future) -> None:
         try:
