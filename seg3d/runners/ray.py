@@ -105,12 +105,16 @@ def ray_cluster(settings: RaySettings, log: Callable[[str], None] | None = None)
     """
     if settings.address is None or _is_loopback(settings.address):
         _loopback_only()
+    if settings.address not in (None, "auto"):
+        _check_reachable(settings.address)
     ray = require_ray()
     if ray.is_initialized():
         yield ray
         return
     kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": False, "log_to_driver": False}
     if settings.address is None:
+        # a private cluster keeps Ray's token authentication, said explicitly so Ray does not print a notice
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
         where = "a local Ray cluster (127.0.0.1)"
         kwargs.update(address="local", object_store_memory=settings.object_store_mb * 1024 ** 2)
     else:
@@ -128,6 +132,17 @@ def ray_cluster(settings: RaySettings, log: Callable[[str], None] | None = None)
         yield ray
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Fail fast when nothing listens at ``HOST:PORT`` (Ray itself retries for minutes)."""
+    host, port = address.rsplit(":", 1)
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise Seg3dError(f"cannot reach the Ray cluster at {address} ({e.strerror or e}): is `ray start --head` "
+                         "running there, and is this the address it printed?") from None
 
 
 # --- which workers -------------------------------------------------------------------------------------------
@@ -195,9 +210,9 @@ def alive_nodes(ray) -> list[dict[str, float]]:
 class CaseWorker:
     """One Ray actor: the model loaded once, cases run through read → network → write, overlapping.
 
-    Each stage holds its own lock, so with several cases in flight one is read while another is on the
-    network and a third is written, as in the local runner's pipeline. Never raises for a case: a bad input
-    becomes a ``failed`` record.
+    Each stage holds its own lock, so with two cases in flight one is read or written while the other is on
+    the network, as in the local runner's pipeline. Never raises for a case: a bad input becomes a ``failed``
+    record.
     """
 
     def __init__(self, index: int, model_dir: str, settings: PredictSettings, threads: int):
@@ -505,7 +520,7 @@ def predict_folder_ray(in_dir: str | Path, out_dir: str | Path, model_dir: str |
     out_dir.mkdir(parents=True, exist_ok=True)
     records: dict[str, CaseRecord] = {r.case: r for r in inventory.skipped}
     failures = list(inventory.failed)
-    t_loop = time.perf_counter()
+    t_loop = t_end = time.perf_counter()
 
     def manifest(pool: _Pool | None) -> Path:
         return stages.write_manifest(in_dir, out_dir, inventory, records, failures, settings,
@@ -524,9 +539,9 @@ def predict_folder_ray(in_dir: str | Path, out_dir: str | Path, model_dir: str |
                 try:
                     _dispatch(ray, pool, inventory.todo, ray_settings, records, failures, progress, log)
                 finally:
+                    t_end = time.perf_counter()
                     path = manifest(pool)
             finally:
                 for a in pool.actors:
                     ray.kill(a)
-    seconds = time.perf_counter() - t_start
-    return stages.summarize(inventory, records, failures, seconds, time.perf_counter() - t_loop, path)
+    return stages.summarize(inventory, records, failures, time.perf_counter() - t_start, t_end - t_loop, path)

@@ -133,6 +133,20 @@ def test_the_storage_probe_names_each_problem(tmp_path, model):
         "cannot load the model")
 
 
+@needs_ray
+def test_an_address_where_no_cluster_listens_is_a_clear_error_at_once(tmp_path, model):
+    _inputs(tmp_path / "in", 1)
+    port = _free_port()  # nothing listens there
+    t0 = time.monotonic()
+    res = _cli("predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(model),
+               "--engine", "ray", "--ray-address", f"127.0.0.1:{port}")
+    assert res.exit_code == 1 and time.monotonic() - t0 < 60
+    assert f"cannot reach the Ray cluster at 127.0.0.1:{port}" in res.output and "ray start --head" in res.output
+    bad = _cli("predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(model),
+               "--ray-address", "auto")
+    assert bad.exit_code == 1 and "need --engine ray" in bad.output
+
+
 # --- on the module's cluster -------------------------------------------------------------------------------------
 
 @needs_ray
