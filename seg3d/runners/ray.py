@@ -29,6 +29,7 @@ by the caller) is used as it is.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import re
 import secrets
@@ -113,8 +114,9 @@ def ray_cluster(settings: RaySettings, log: Callable[[str], None] | None = None)
         return
     kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": False, "log_to_driver": False}
     if settings.address is None:
-        # a private cluster keeps Ray's token authentication, said explicitly so Ray does not print a notice
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        # Ray turns on its token authentication for a private cluster and says so on every start: keep it on,
+        # without the notice
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         where = "a local Ray cluster (127.0.0.1)"
         kwargs.update(address="local", object_store_memory=settings.object_store_mb * 1024 ** 2)
     else:
