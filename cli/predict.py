@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
         part_id: int = typer.Option(0, "--part-id", help="... and predict part K (0-based)."),
         checkpoint: str = typer.Option("final", "--checkpoint", help="final, best or latest."),
         engine: str = typer.Option("local", "--engine", help="local (this machine) or ray (a Ray cluster: "
-                                   "cases go to free workers; needs seg3d[ray] and storage every node sees)."),
+                                   "cases go to free workers; needs seg3d\\[ray] and storage every node sees)."),
         ray_address: str | None = typer.Option(None, "--ray-address", help="auto or HOST:PORT of a running "
                                                "Ray cluster to join (default: start one on this machine)."),
         workers: int | None = typer.Option(None, "--workers", help="Ray workers in all (default: as many as "
