@@ -238,12 +238,15 @@ class CaseWorker:
         """Where this worker runs and what it loaded (the manifest's ``ray.workers`` entries)."""
         out = dict(self.identity, label=self.label)
         if self.predictor is not None:
-            from seg3d.core.device import resolve_precision
+            from seg3d.core.device import precision_warning, resolve_precision
 
             dtype = resolve_precision(self.predictor.precision, self.predictor.device)
             out.update(device=str(self.predictor.device),
                        precision=str(dtype).replace("torch.", "") if dtype is not None else "float32",
                        predictor=self.predictor.describe())
+            warning = precision_warning(self.predictor.precision, self.predictor.device)
+            if warning:
+                out["warning"] = warning
         return out
 
     def probe(self, in_dir: str, samples: list[tuple[str, int]], out_dir: str, token_name: str,
@@ -380,6 +383,8 @@ def _probe(ray, pool: _Pool, inventory: stages.Inventory, in_dir: Path, out_dir:
     if log:
         for d in pool.described:
             log(f"{d['label']}: {d.get('precision', '?')}, {d.get('cpus')} CPU(s), model loaded")
+            if d.get("warning"):
+                log(f"warning ({d['label']}): {d['warning']}")
 
 
 def _first_line(e: BaseException) -> str:
