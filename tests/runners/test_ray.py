@@ -213,6 +213,36 @@ def test_a_worker_killed_mid_run_every_output_once_and_whole_retry_in_the_manife
 
 
 @needs_ray
+@pytest.mark.slow
+def test_when_no_worker_is_left_the_remaining_cases_fail_with_the_reason(cluster, tmp_path, model):
+    """Retries are bounded: one worker that Ray may not restart is killed; every case still gets a record."""
+    from seg3d.runners.ray import predict_folder_ray
+
+    ids = _inputs(tmp_path / "in", 5)
+    pids: list[int] = []
+
+    def log(line: str) -> None:
+        m = re.search(r"pid (\d+) on .*model loaded", line)
+        if m:
+            pids.append(int(m.group(1)))
+
+    def progress(done: int, total: int, message: str) -> None:
+        if done == 1 and pids:
+            os.kill(pids.pop(), signal.SIGKILL)
+
+    s = predict_folder_ray(tmp_path / "in", tmp_path / "out", model, PredictSettings(),
+                           RaySettings(workers=1, cpus_per_worker=1, max_restarts=0), progress=progress, log=log)
+    cases = {c["case"]: c for c in _manifest(tmp_path / "out")["cases"]}
+    assert sorted(cases) == ids and s["failed"] and s["predicted"] + len(s["failed"]) == 5
+    for c in cases.values():
+        if c["status"] == "failed":
+            assert "no Ray worker is left" in c["error"] and f"{c['case']}_0000.nii.gz" in c["error"]
+        else:
+            assert (tmp_path / "out" / f"{c['case']}.nii.gz").is_file()
+    assert not list((tmp_path / "out").glob(".*part*"))
+
+
+@needs_ray
 def test_a_broken_input_is_reported_the_rest_done_exit_1(cluster, tmp_path, model):
     ids = _inputs(tmp_path / "in", 3)
     (tmp_path / "in" / "broken_0000.nii.gz").write_bytes(b"\x1f\x8b this is not an image")
