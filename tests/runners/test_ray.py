@@ -69,6 +69,16 @@ def _same_mask(a: Path, b: Path) -> bool:
                                                                            np.asarray(y.dataobj))
 
 
+def _pid_logger(pids: list[int]):
+    """A ``log`` callback collecting the process id of each worker as it reports its model loaded."""
+    def log(line: str) -> None:
+        m = re.search(r"pid (\d+) on .*model loaded", line)
+        if m:
+            pids.append(int(m.group(1)))
+
+    return log
+
+
 def _cli(*args: str):
     from seg3d.cli.main import app
     from typer.testing import CliRunner
@@ -188,10 +198,7 @@ def test_a_worker_killed_mid_run_every_output_once_and_whole_retry_in_the_manife
     pids: list[int] = []
     killed: list[int] = []
 
-    def log(line: str) -> None:
-        m = re.search(r"pid (\d+) on .*model loaded", line)
-        if m:
-            pids.append(int(m.group(1)))
+    log = _pid_logger(pids)
 
     def progress(done: int, total: int, message: str) -> None:
         if done >= 1 and not killed:  # the worker still holds cases in flight (2 per worker, 5 left)
@@ -221,10 +228,7 @@ def test_when_no_worker_is_left_the_remaining_cases_fail_with_the_reason(cluster
     ids = _inputs(tmp_path / "in", 5)
     pids: list[int] = []
 
-    def log(line: str) -> None:
-        m = re.search(r"pid (\d+) on .*model loaded", line)
-        if m:
-            pids.append(int(m.group(1)))
+    log = _pid_logger(pids)
 
     def progress(done: int, total: int, message: str) -> None:
         if done == 1 and pids:
