@@ -361,7 +361,8 @@ def _probe(ray, pool: _Pool, inventory: stages.Inventory, in_dir: Path, out_dir:
         desc = [a.describe.remote() for a in pool.actors]
         probes = [a.probe.remote(str(in_dir), samples, str(out_dir), token_name, token) for a in pool.actors]
         _, pending = ray.wait(desc + probes, num_returns=2 * len(desc), timeout=timeout_s)
-        late = sorted({i % len(desc) for i, r in enumerate(desc + probes) if r in set(pending)})
+        waiting = set(pending)
+        late = sorted({i % len(desc) for i, r in enumerate(desc + probes) if r in waiting})
         if late:
             need = ", ".join(sorted({f"{s.num_cpus} CPU(s)" + (f" + {s.num_gpus:g} GPU(s)" if s.num_gpus else "")
                                      for s in pool.specs}))
