@@ -314,6 +314,10 @@ def test_continue_after_the_driver_is_killed_redoes_nothing_complete(cluster, tm
     status = {c["case"]: c["status"] for c in _manifest(out)["cases"]}
     assert status == {c: "skipped" if f"{c}.nii.gz" in done else "ok" for c in ids}
     assert sorted(os.listdir(out)) == sorted([f"{c}.nii.gz" for c in ids] + ["predict_manifest.json"])
+    again = _cli("predict", "-i", str(tmp_path / "in"), "-o", str(out), "-m", str(model), "--engine", "ray",
+                 "--continue")  # all complete: nothing to schedule, no worker started
+    assert again.exit_code == 0 and "skipped 6" in again.output and "worker 0" not in again.output
+    assert {c["status"] for c in _manifest(out)["cases"]} == {"skipped"} and _manifest(out)["ray"]["workers"] == []
 
 
 def _free_port() -> int:
