@@ -66,11 +66,10 @@ def partial_files(targets: Iterable[str | Path]) -> list[Path]:
 
 
 def write_bytes_atomic(target: str | Path, data: bytes) -> None:
-    with atomic_path(target) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+    with atomic_path(target) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_text_atomic(target: str | Path, text: str) -> None:
