@@ -117,6 +117,10 @@ def ray_cluster(settings: RaySettings, log: Callable[[str], None] | None = None)
         # Ray turns on its token authentication for a private cluster and says so on every start: keep it on,
         # without the notice
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        # Ray starts its workers at nice 15 (to keep its own daemons responsive); local predict runs at the
+        # user's priority, and on a shared server nice 15 let other users' processes take the cores (measured,
+        # benchmarks/RESULTS.md). The raylet reads this switch when it starts.
+        os.environ["RAY_worker_niceness"] = "0"
         where = "a local Ray cluster (127.0.0.1)"
         kwargs.update(address="local", object_store_memory=settings.object_store_mb * 1024 ** 2)
     else:

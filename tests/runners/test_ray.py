@@ -6,6 +6,7 @@ storage-visibility tests start their own processes. Every test is bounded in tim
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import json
 import os
 import re
@@ -41,6 +42,20 @@ def cluster():
     with ray_cluster(RaySettings(object_store_mb=128)) as ray:
         assert ray.util.get_node_ip_address() == "127.0.0.1"
         yield ray
+
+
+@needs_ray
+def test_a_private_cluster_is_loopback_only_and_its_workers_run_at_the_users_priority(cluster):
+    """Every socket of the private cluster listens on 127.0.0.1, and workers are not niced (Ray's default 15)."""
+    import psutil
+
+    niceness = cluster.get(cluster.remote(lambda: os.nice(0)).options(num_cpus=1).remote())
+    assert niceness == os.nice(0)
+    ours = {os.getpid()} | {p.pid for p in psutil.Process().children(recursive=True)}
+    listening = [c for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN and c.pid in ours]
+    addresses = {getattr(ipaddress.ip_address(c.laddr.ip), "ipv4_mapped", None) or ipaddress.ip_address(c.laddr.ip)
+                 for c in listening}  # an IPv6 socket bound to ::ffff:127.0.0.1 is loopback too
+    assert listening and addresses == {ipaddress.ip_address("127.0.0.1")}
 
 
 @pytest.fixture
