@@ -32,8 +32,9 @@ test: lint-imports
 test-fast: lint-imports
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# nnU-Net v2 for the side-by-side benchmarks; torch stays pinned (left free, pip upgrades it to a CUDA build).
 bench: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/pip install --quiet -e '.[bench]' torch==2.13.0
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -106,7 +106,7 @@ def build_models(work: Path, nn_plans_dir: Path, nnunet_bin: Path, seg3d_model: 
         nn_plans = nnunet_plans_like(nn_plans, plan)
         shutil.copy(ModelFolder(seg3d_model).checkpoint_path(0), ckpt)
     else:
-        plan = seg3d_plan_from_nnunet(nn_plans, dataset, DATA)
+        plan = seg3d_plan_from_nnunet(nn_plans, dataset)
         torch.manual_seed(0)
         net = build_network(plan.config("3d_fullres"), plan.num_channels, plan.num_classes)
         torch.save({"model": net.state_dict(), "arch": "unet", "config": "3d_fullres",

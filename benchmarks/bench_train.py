@@ -59,7 +59,9 @@ os._exit(0)  # skip nnU-Net's end-of-training (checkpoint, validation)
 SEG3D_STEPS = r'''
 import json, sys, time
 import torch
+from seg3d.core.device import set_threads
 from seg3d.training import train
+set_threads(None)  # what the CLI does (train itself leaves the threads to its caller)
 plan_dir, n, warm, out, model_dir = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 compile_model = len(sys.argv) > 6 and sys.argv[6] == "compile"
 stamps, lines = [], []
@@ -106,8 +108,12 @@ def main() -> None:
     pre, env = prepare_nnunet(a.dataset, work, a.nnunet_bin, a.workers)
     nn_plans = json.loads((pre / "nnUNetPlans.json").read_text())
     dataset = json.loads((pre / "dataset.json").read_text())
-    plan = seg3d_plan_from_nnunet(nn_plans, dataset, a.dataset.resolve())
-    plan.save(work / "seg3d_plan" / "plans.json")
+    from seg3d.core.plan_folder import PlanFolder
+
+    plan = seg3d_plan_from_nnunet(nn_plans, dataset)
+    plan_folder = PlanFolder(work / "seg3d_plan")
+    plan.save(plan_folder.plans_json)
+    plan_folder.record_dataset(a.dataset.resolve())
     cfg = plan.config("3d_fullres")
     print(f"plan (both tools): patch {cfg.patch_size}, batch {cfg.batch_size}, features "
           f"{cfg.topology.features}", flush=True)

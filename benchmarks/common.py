@@ -56,8 +56,9 @@ def dataset_id(ds: Path) -> str:
     return str(int(ds.name.split("_")[0][len("Dataset"):]))
 
 
-def seg3d_plan_from_nnunet(nn_plans: dict, dataset: dict, dataset_dir: Path, config: str = "3d_fullres"):
-    """A seg3d Plan equal to nnU-Net's configuration (patch, batch, topology, spacing, z-score): same network."""
+def seg3d_plan_from_nnunet(nn_plans: dict, dataset: dict, config: str = "3d_fullres"):
+    """A seg3d Plan equal to nnU-Net's configuration (patch, batch, topology, spacing, z-score): same network.
+    (A plan holds no path: a plan folder records its dataset with ``PlanFolder.record_dataset``.)"""
     from seg3d.core.plan import ChannelNormalization, Configuration, Plan, Topology
 
     c = nn_plans["configurations"][config]
@@ -74,4 +75,4 @@ def seg3d_plan_from_nnunet(nn_plans: dict, dataset: dict, dataset_dir: Path, con
                 configurations={"3d_fullres": cfg},
                 original_median_spacing=tuple(nn_plans["original_median_spacing_after_transp"]),
                 original_median_shape=tuple(int(v) for v in nn_plans["original_median_shape_after_transp"]),
-                preset="nnunet-equivalent", extra={"dataset_dir": str(dataset_dir)})
+                preset="nnunet-equivalent")

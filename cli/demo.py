@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from seg3d.cli.common import console, guarded, out, progress_bar
+from seg3d.cli.common import THREADS_HELP, guarded, out, progress_bar
 
 
 def register(app: typer.Typer) -> None:
@@ -16,15 +16,19 @@ def register(app: typer.Typer) -> None:
         minutes: float = typer.Option(6.0, "--minutes", help="Training budget in minutes (wall clock)."),
         preset: str = typer.Option("cpu", "--preset", help="Planner preset (cpu, 8gb, 24gb, 40gb, 80gb)."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-        workers: int | None = typer.Option(None, "--workers", help="Worker processes (default: all cores)."),
+        workers: int | None = typer.Option(None, "--workers", "-w", help="Worker processes (default: all "
+                                           "cores)."),
+        threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     ) -> None:
         """Plan, train, predict held-out cases and evaluate them, end to end."""
         from contextlib import ExitStack
 
         from rich.table import Table
 
+        from seg3d.core.device import set_threads
         from seg3d.demo import run_demo
 
+        guarded(lambda: set_threads(threads))
         stack = ExitStack()
 
         def factory(name: str):
@@ -32,7 +36,6 @@ def register(app: typer.Typer) -> None:
 
         with stack:
             res = guarded(lambda: run_demo(output, data=data, minutes=minutes, preset=preset, workers=workers,
-                                           log=lambda s: console.print(f"[bold cyan]demo:[/] {s}", highlight=False),
                                            progress_factory=factory, device=device))
         summary = res.evaluation.get("per_class", {}) if isinstance(res.evaluation, dict) else {}
         table = Table(title=f"Held-out Dice ({len(res.held_out_cases)} cases never seen in training)")

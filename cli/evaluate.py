@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from seg3d.cli.common import console, guarded, out, progress_bar
+from seg3d.cli.common import console, deprecated, guarded, out, progress_bar
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -23,14 +23,19 @@ def evaluate(
                                  "Dice (0: no pictures, -1: every case)."),
     images_dir: Path = typer.Option(None, "--images-dir", help="Images to draw under the contours "
                                     "(<case>_0000.nii.gz); default: the reference itself."),
-    workers: int = typer.Option(None, "--workers", help="Parallel processes (default: up to 4)."),
-    model_dir: Path = typer.Option(None, "--model-dir", "-m", help="The model that made the predictions: the "
+    workers: int = typer.Option(None, "--workers", "-w", help="Parallel processes (default: up to 4)."),
+    model_dir: Path = typer.Option(None, "-m", "--model", help="The model that made the predictions: the "
                                    "report links its training curves (fold_*/progress.png)."),
+    model_dir_old: Path = typer.Option(None, "--model-dir", hidden=True, help="Old spelling of --model."),
 ) -> None:
     """Dice, IoU, HD95 (mm), surface Dice and volumes per case and class, with a report and pictures."""
     from rich.table import Table
 
     from seg3d.evaluation import evaluate_folder
+
+    if model_dir_old is not None:
+        deprecated("--model-dir", "-m/--model")
+        model_dir = model_dir or model_dir_old
 
     with progress_bar("evaluate") as prog:
         res = guarded(lambda: evaluate_folder(pred_dir, gt_dir, output, dataset_json=dataset_json,
@@ -59,17 +64,26 @@ def evaluate(
 
 
 def summary(
-    model_dir: Path = typer.Argument(..., help="A trained model folder (MODEL_DIR with fold_K/)."),
-    models: list[Path] = typer.Option(None, "--models", help="More model folders to compare (other "
-                                      "configurations or architectures)."),
+    ctx: typer.Context,
+    models: list[Path] = typer.Option(None, "-m", "--model", help="A trained model folder (with fold_K/); "
+                                      "repeat to compare several (other configurations or architectures)."),
     output: Path = typer.Option(None, "-o", "--output", help="Also write summary.md and summary.json here."),
+    models_old: list[Path] = typer.Option(None, "--models", hidden=True, help="Old spelling of -m/--model."),
 ) -> None:
     """Cross-validation Dice per fold and class, post-processing, training time; which model to use."""
     from rich.table import Table
 
     from seg3d.evaluation.summary import summarize_models, write_summary
 
-    dirs = [model_dir, *(models or [])]
+    old_args = [Path(a) for a in ctx.args]  # the previous release took the model folder as an argument
+    if old_args:
+        deprecated("the model folder as an argument", "-m/--model MODEL_DIR")
+    if models_old:
+        deprecated("--models", "-m/--model (repeated)")
+    dirs = [*old_args, *(models or []), *(models_old or [])]
+    if not dirs:
+        console.print("[bold red]error:[/] give the model folder(s) with -m/--model")
+        raise typer.Exit(2)
     res = guarded(lambda: summarize_models(dirs))
     for m in res["models"]:
         table = Table(title=f"{m['name']} ({m['model_dir']})")
@@ -99,4 +113,4 @@ def summary(
 
 def register(app: typer.Typer) -> None:
     app.command("evaluate")(evaluate)
-    app.command("summary")(summary)
+    app.command("summary", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})(summary)

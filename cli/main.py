@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 
 import typer
-from seg3d.cli.common import set_debug
+from seg3d.cli.common import set_debug, setup_logging
 
 app = typer.Typer(
     name="seg3d",
@@ -22,6 +22,7 @@ COMMAND_MODULES = ("check", "plan", "train", "predict", "evaluate", "demo", "dow
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors.")) -> None:
     set_debug(debug)
+    setup_logging()
 
 
 for _name in COMMAND_MODULES:

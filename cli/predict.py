@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from seg3d.cli.common import console, guarded, out, progress_bar
+from seg3d.cli.common import THREADS_HELP, console, fold_values, guarded, out, progress_bar
 
 FAST_STEP = 0.75  # --fast: no mirroring and fewer overlapping windows (Dice cost in benchmarks/RESULTS.md)
 
@@ -37,6 +37,10 @@ def register(app: typer.Typer) -> None:
         num_parts: int = typer.Option(1, "--num-parts", help="Split the sorted case list into N parts ..."),
         part_id: int = typer.Option(0, "--part-id", help="... and predict part K (0-based)."),
         checkpoint: str = typer.Option("final", "--checkpoint", help="final, best or latest."),
+        backend: str = typer.Option("auto", "--backend", help="Inference runtime: auto or torch."),
+        output_formats: list[str] | None = typer.Option(None, "--output-format", help="Mask format: nifti, nrrd "
+                                                        "or mha; repeat for several (default: the input's)."),
+        threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
         engine: str = typer.Option("local", "--engine", help="local (this machine) or ray (a Ray cluster: "
                                    "cases go to free workers; needs seg3d\\[ray] and storage every node sees)."),
         ray_address: str | None = typer.Option(None, "--ray-address", help="auto or HOST:PORT of a running "
@@ -53,34 +57,26 @@ def register(app: typer.Typer) -> None:
         from seg3d.core.settings import PredictSettings
         from seg3d.runners.local import predict_folder
 
-        # `--folds 0 1 2`: typer takes one value per option, the rest arrive as extra arguments
-        fold_list = list(folds or []) + [a for a in ctx.args if a.isdigit()]
-        stray = [a for a in ctx.args if not a.isdigit()]
-        if stray:
-            console.print(f"[bold red]error:[/] unexpected argument(s): {' '.join(stray)}")
-            raise typer.Exit(2)
+        fold_list = fold_values(folds, ctx.args)
         if fast:
             tta, step = False, max(step, FAST_STEP)
 
         settings = guarded(lambda: PredictSettings(
             folds=fold_list or "all-available", tta=tta, step=step, device=device, precision=precision,
             checkpoint=checkpoint, postprocess=postprocess, save_probabilities=save_probabilities,
-            continue_=continue_, num_parts=num_parts, part_id=part_id, config=config))
+            continue_=continue_, num_parts=num_parts, part_id=part_id, config=config, backend=backend,
+            output_formats=tuple(output_formats or ())))
+        guarded(lambda: set_threads(threads))
         ray_settings = guarded(lambda: _ray_settings(engine, ray_address, workers, gpus_per_worker,
                                                      cpus_per_worker))
-        set_threads(None)
-
-        def log(line: str) -> None:
-            console.print(line, highlight=False, soft_wrap=True)
 
         def run():
             with progress_bar("predict") as bar:
                 if ray_settings is None:
-                    return predict_folder(input_dir, output_dir, model_dir, settings, progress=bar, log=log)
+                    return predict_folder(input_dir, output_dir, model_dir, settings, progress=bar)
                 from seg3d.runners.ray import predict_folder_ray
 
-                return predict_folder_ray(input_dir, output_dir, model_dir, settings, ray_settings,
-                                          progress=bar, log=log)
+                return predict_folder_ray(input_dir, output_dir, model_dir, settings, ray_settings, progress=bar)
 
         summary = guarded(run)
         _print_summary(summary)
@@ -90,6 +86,7 @@ def register(app: typer.Typer) -> None:
     @app.command("decide-postprocessing")
     def decide(
         model_dir: Path = typer.Option(..., "-m", "--model", help="A model folder with fold_K/validation/."),
+        workers: int = typer.Option(2, "--workers", "-w", min=0, help="Worker processes scoring the cases."),
         dataset_dir: Path | None = typer.Option(None, "-d", "--dataset", help="The dataset folder with "
                                                    "the reference labels (default: the one in the plan)."),
         fraction: float = typer.Option(1 / 3, "--fraction", help="Drop components smaller than this "
@@ -104,7 +101,8 @@ def register(app: typer.Typer) -> None:
 
         def run():
             with progress_bar("decide") as bar:
-                return decide_postprocessing(model_dir, dataset_dir, fraction, min_volume, progress=bar)
+                return decide_postprocessing(model_dir, dataset_dir, fraction, min_volume, workers=workers,
+                                             progress=bar)
 
         rule = guarded(run)
         table = Table(title="Post-processing on cross-validation (mean Dice)")
@@ -114,7 +112,9 @@ def register(app: typer.Typer) -> None:
             table.add_row(v, f"{ev['dice_before']:.4f}", f"{ev['dice_after']:.4f}",
                           "yes" if int(v) in rule.classes else "no")
         out.print(table)
-        out.print(f"written: {model_dir / 'postprocessing.json'}")
+        from seg3d.core.model_folder import ModelFolder
+
+        out.print(f"written: {ModelFolder(model_dir).postprocessing_json}")
 
 
 def _ray_settings(engine: str, address: str | None, workers: int | None, gpus_per_worker: float,

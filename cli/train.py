@@ -4,21 +4,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from seg3d.cli.common import console, guarded, out, progress_bar
+from seg3d.cli.common import deprecated, fold_values, guarded, out, progress_bar
 
 
 def register(app: typer.Typer) -> None:
-    @app.command(help="Train a model from a plan folder (written by `seg3d plan`). Builds or reuses the "
+    @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False},
+                 help="Train a model from a plan folder (written by `seg3d plan`). Builds or reuses the "
                       "preprocessing cache in PLAN_DIR/cache/<config>, writes the model folder (default "
                       "PLAN_DIR/models/<config>_<arch>_<loss>): plans.json, model.json, splits.json, and per "
                       "fold checkpoints, log.csv, progress.png, validation/summary.json. Interruptible: "
                       "--resume continues from the last finished epoch. Several GPUs or machines: launch "
                       "with torchrun.")
     def train(
+        ctx: typer.Context,
         plan_dir: Path = typer.Argument(..., help="Plan folder (plans.json)."),
         config: str = typer.Option("3d_fullres", "--config", "-c", help="Configuration: 3d_fullres, 3d_lowres, 2d."),
-        fold: str = typer.Option("0", "--fold", "-f", help="Fold 0..4, 'all' (every case, no validation), or "
-                                 "a list like 0,1,2 trained in sequence."),
+        folds: list[str] | None = typer.Option(None, "--folds", "-f", help="Fold 0..4 (default 0), 'all' (every "
+                                               "case, no validation), or several trained in sequence: --folds 0 1 2 "
+                                               "(or 0,1,2)."),
+        fold_old: str | None = typer.Option(None, "--fold", hidden=True, help="Old spelling of --folds."),
         arch: str = typer.Option("unet", "--arch", help="unet or unetpp (UNet++)."),
         loss: str = typer.Option("ce_dice", "--loss", help="ce_dice, tversky or focal."),
         epochs: int | None = typer.Option(None, "--epochs", min=1, help="Epochs (default 1000, or unlimited "
@@ -45,7 +49,10 @@ def register(app: typer.Typer) -> None:
         workers: int | None = typer.Option(None, "--workers", "-w", min=0, help="Data-loading workers."),
         dataset: Path | None = typer.Option(None, "--dataset", "-d", help="Raw dataset folder (default: the "
                                             "one the plan records)."),
-        output: Path | None = typer.Option(None, "-o", "--output", help="Model folder."),
+        output: Path | None = typer.Option(None, "-o", "--output", help="Model folder (default "
+                                           "PLAN_DIR/models/<config>_<arch>_<loss>)."),
+        threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads per process (default: the "
+                                           "cores this process may use, shared between torchrun's ranks)."),
     ) -> None:
         """Train one or more folds."""
         from seg3d.core.device import set_threads
@@ -54,18 +61,22 @@ def register(app: typer.Typer) -> None:
         from seg3d.training import train as run
         from seg3d.training.distributed import launcher_info
 
-        folds = guarded(lambda: parse_folds(fold))
+        given = fold_values(folds, ctx.args)
+        if fold_old is not None:
+            deprecated("--fold", "--folds")
+            given.append(fold_old)
+        folds = guarded(lambda: _training_folds(parse_folds(given or "0")))
         base = guarded(lambda: TrainSettings(config=config, fold=str(folds[0]), arch=arch, loss=loss, epochs=epochs,
                                              iters_per_epoch=iters_per_epoch, time_budget_min=time_budget_min,
                                              device=device, precision=precision, compile=compile_model,
                                              resume=resume, optimizer=optimizer, lr=lr, augmentation=augmentation,
                                              seed=seed, workers=workers or 0))
-        set_threads(None, share=launcher_info().world_size)  # the cores are shared between torchrun's ranks
+        guarded(lambda: set_threads(threads, share=launcher_info().world_size))  # ranks share the cores
         for f in folds:
             settings = base.with_(fold=str(f))
             with progress_bar(f"fold {f}") as progress:
-                res = guarded(lambda: run(plan_dir, settings, model_dir=output, dataset_dir=dataset,
-                                          progress=progress, log=lambda s: console.print(s, highlight=False)))
+                res = guarded(lambda s=settings, p=progress: run(plan_dir, s, model_dir=output, dataset_dir=dataset,
+                                                                 progress=p))
             val = res.get("validation") or {}
             msg = f"fold {f}: {res['epochs']} epochs, {res['seconds']:.0f} s; model in {res['model_dir']}"
             if val.get("mean_foreground_dice") is not None:
@@ -98,3 +109,11 @@ def register(app: typer.Typer) -> None:
 
         where = guarded(go)
         out.print(f"cache ready in {where}", highlight=False)
+
+
+def _training_folds(folds) -> list[str]:
+    from seg3d.errors import Seg3dError
+
+    if isinstance(folds, str):  # all-available: a prediction notion, nothing is trained yet
+        raise Seg3dError("--folds takes fold numbers or 'all' for training (all-available is for predict)")
+    return folds

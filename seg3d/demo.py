@@ -12,10 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from seg3d.core.model_folder import ModelFolder
 from seg3d.errors import Seg3dError
-from seg3d.progress import ProgressFn
-
-LogFn = Callable[[str], None]
+from seg3d.evaluation import evaluate_folder
+from seg3d.io.layout import load_dataset
+from seg3d.planning import plan_dataset
+from seg3d.progress import LogFn, ProgressFn, log_info
+from seg3d.runners.local import predict_folder
+from seg3d.synthetic import make_phantom_dataset
+from seg3d.training import train
 
 
 @dataclass
@@ -45,13 +50,12 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def _held_out_folders(dataset_dir: Path, model_dir: Path, work: Path) -> tuple[Path, Path, list[str]]:
     """Input/reference folders of cases the model did not train on."""
-    from seg3d.io.layout import load_dataset
 
     ds = load_dataset(dataset_dir)
     if (dataset_dir / "imagesTs").is_dir() and (dataset_dir / "labelsTs").is_dir():
         ids = [c.case_id for c in ds.test_cases if (dataset_dir / "labelsTs" / f"{c.case_id}{ds.file_ending}").is_file()]
         return dataset_dir / "imagesTs", dataset_dir / "labelsTs", ids
-    splits = json.loads((model_dir / "splits.json").read_text())
+    splits = json.loads(ModelFolder(model_dir).splits_json.read_text())
     ids = list(splits[0]["val"])
     by_id = {c.case_id: c for c in ds.cases}
     img_dir, lab_dir = work / "heldout" / "images", work / "heldout" / "labels"
@@ -66,13 +70,9 @@ def _held_out_folders(dataset_dir: Path, model_dir: Path, work: Path) -> tuple[P
 def run_demo(out_dir: str | Path = "demo_output", data: str | Path | None = None, minutes: float = 6.0,
              preset: str = "cpu", workers: int | None = None, num_phantoms: int = 20, num_test: int = 6,
              phantom_shape: tuple[int, int, int] = (20, 64, 64),
-             log: LogFn = lambda s: None, progress_factory: Callable[[str], ProgressFn | None] | None = None,
+             log: LogFn = log_info, progress_factory: Callable[[str], ProgressFn | None] | None = None,
              device: str = "auto") -> DemoResult:
     """Run the whole pipeline and return where everything went and the evaluation summary."""
-    from seg3d.evaluation import evaluate_folder
-    from seg3d.planning import plan_dataset
-    from seg3d.runners.local import predict_folder
-    from seg3d.training import train
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -81,7 +81,6 @@ def run_demo(out_dir: str | Path = "demo_output", data: str | Path | None = None
 
     t = time.perf_counter()
     if data is None:
-        from seg3d.synthetic import make_phantom_dataset
 
         dataset_dir = out / "Dataset900_Phantom"
         if not (dataset_dir / "dataset.json").is_file():

@@ -20,6 +20,8 @@ from seg3d.atomic import atomic_path, write_json_atomic
 from seg3d.errors import Seg3dError
 from seg3d.progress import ProgressFn, report
 
+# SimpleITK and urllib imported inside the functions that use it: `seg3d --help`, `seg3d check` and `seg3d plan` stay fast
+
 _BASE = "https://msd-for-monai.s3-us-west-2.amazonaws.com"
 # The public MSD archives (the AWS mirror the MONAI team maintains) and their md5 checksums.
 MSD_TASKS: dict[str, tuple[str, str]] = {

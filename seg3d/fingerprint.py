@@ -112,13 +112,6 @@ class Fingerprint:
     def median_cropped_shape(self) -> tuple[float, ...]:
         return tuple(float(v) for v in np.median(self.cropped_shapes, axis=0))
 
-    def spacing_percentile(self, q: float) -> tuple[float, ...]:
-        """Per-axis percentile ``q`` (0-100) of the case spacings."""
-        return tuple(float(v) for v in np.percentile(self.spacings, q, axis=0))
-
-    def shape_percentile(self, q: float, cropped: bool = True) -> tuple[float, ...]:
-        return tuple(float(v) for v in np.percentile(self.cropped_shapes if cropped else self.shapes, q, axis=0))
-
     @property
     def class_voxels(self) -> dict[int, int]:
         """Total voxels per label value over all cases (every declared value present, possibly 0)."""

@@ -22,6 +22,8 @@ from torch import nn
 
 from seg3d.errors import Seg3dError
 
+# MONAI's losses imported inside the functions that use it: `seg3d --help`, `seg3d check` and `seg3d plan` stay fast
+
 SMOOTH = 1e-5
 
 # name -> factory(num_classes, batch_dice, **options) -> (region loss, pixel loss); a new loss is one factory

@@ -17,8 +17,13 @@ from typing import Any
 import numpy as np
 
 from seg3d.atomic import write_json_atomic
+from seg3d.core.model_folder import ModelFolder
 from seg3d.errors import Seg3dError
+from seg3d.io.image import read_image
+from seg3d.io.layout import load_dataset
 from seg3d.progress import ProgressFn, report
+
+# cc3d imported inside the functions that use it: `seg3d --help`, `seg3d check` and `seg3d plan` stay fast
 
 DEFAULT_FRACTION = 1.0 / 3.0
 
@@ -123,7 +128,6 @@ def decide_from_pairs(pairs, class_values, fraction: float = DEFAULT_FRACTION, m
     The rule only ever turns voxels of class c into background, so each class's Dice depends only on whether
     the rule is applied to that class: the per-class decisions are independent.
     """
-    from seg3d.io.image import read_image
 
     pairs = list(pairs)
     if not pairs:
@@ -166,8 +170,6 @@ def decide_postprocessing(model_dir: str | Path, dataset_dir: str | Path | None 
     Predictions: ``fold_K/validation/<case><ending>``; references: the dataset's label files (the dataset
     folder defaults to the one the model folder records, ``ModelFolder.dataset_dir()``).
     """
-    from seg3d.core.model_folder import ModelFolder
-    from seg3d.io.layout import load_dataset
 
     folder = ModelFolder(model_dir)
     model_dir = folder.path

@@ -4,10 +4,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from seg3d.io.image import read_image
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_on_a_tiny_phantom(tmp_path):
     from seg3d.demo import run_demo
 

@@ -24,15 +24,15 @@ import hashlib
 import json
 import pickle
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from seg3d.atomic import write_json_atomic
+from seg3d.core.plan import Plan
 from seg3d.errors import Seg3dError
 
-if TYPE_CHECKING:
-    from seg3d.core.plan import Plan
+# torch imported inside the functions that use it: `seg3d --help`, `seg3d check` and `seg3d plan` stay fast
 
 PLANS_JSON = "plans.json"
 MODEL_JSON = "model.json"
@@ -133,7 +133,6 @@ class ModelFolder:
         return self
 
     def load_plan(self) -> Plan:
-        from seg3d.core.plan import Plan
 
         return Plan.load(self.plans_json)
 
@@ -150,7 +149,6 @@ class ModelFolder:
         except (json.JSONDecodeError, TypeError, AttributeError) as e:
             raise Seg3dError(f"malformed model.json ({e})", path) from None
         if not info.dataset_dir and self._legacy_dataset_dir():
-            from dataclasses import replace
 
             info = replace(info, dataset_dir=self._legacy_dataset_dir())
         return info
@@ -194,7 +192,7 @@ class ModelFolder:
         half-trained folders)."""
         try:
             d = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):  # missing, unreadable, not UTF-8, not JSON
             return None
         return d if isinstance(d, dict) else None
 

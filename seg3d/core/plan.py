@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from seg3d.atomic import write_json_atomic
+from seg3d.core.plan_folder import PlanFolder
 from seg3d.errors import Seg3dError
 
 SCHEMA_VERSION = 1
@@ -161,7 +162,7 @@ class Plan:
     def load(cls, path: str | Path) -> Plan:
         path = Path(path)
         if path.is_dir():
-            path = path / "plans.json"
+            path = PlanFolder(path).plans_json
         if not path.is_file():
             raise Seg3dError("plan not found (run `seg3d plan` first)", path)
         try:

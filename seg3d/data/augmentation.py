@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from seg3d.errors import Seg3dError
+
 
 @dataclass(frozen=True)
 class AugmentationParams:
@@ -60,7 +62,6 @@ AUGMENTATION_PRESETS: dict[str, AugmentationParams | None] = {
 def augmentation_preset(name: str) -> AugmentationParams | None:
     """The :data:`AUGMENTATION_PRESETS` entry ``name`` (``None``: augmentation off)."""
     if name not in AUGMENTATION_PRESETS:
-        from seg3d.errors import Seg3dError
 
         raise Seg3dError(f"unknown augmentation '{name}' (choose from {', '.join(AUGMENTATION_PRESETS)})")
     return AUGMENTATION_PRESETS[name]

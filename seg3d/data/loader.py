@@ -23,6 +23,7 @@ import torch
 from seg3d.core.plan import Configuration, Plan
 from seg3d.data.augmentation import AugmentationParams, augment_batch, region_size
 from seg3d.data.sampling import CaseSource, sample_batch
+from seg3d.parallel import worker_init
 
 _DEFAULT_AUG = AugmentationParams()
 _END = object()
@@ -140,7 +141,7 @@ class PatchLoader:
             self._keys = _Keys()
             self._dl = torch.utils.data.DataLoader(
                 _BatchDataset(self), batch_size=None, sampler=self._keys, num_workers=self.workers,
-                worker_init_fn=_worker_init, persistent_workers=True, prefetch_factor=self.prefetch,
+                worker_init_fn=worker_init, persistent_workers=True, prefetch_factor=self.prefetch,
                 pin_memory=self.pin_memory, timeout=self.timeout_s)
         self._keys.keys = (epoch, start, n)
         yield from self._dl
@@ -166,10 +167,6 @@ class _BatchDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key):
         return self.loader.batch(*key)
-
-
-def _worker_init(_):
-    torch.set_num_threads(1)
 
 
 def make_loader(cache: CaseSource, case_ids: Sequence[str], plan: Plan, config: Configuration | str,

@@ -7,19 +7,15 @@ from __future__ import annotations
 
 import math
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from seg3d.errors import Seg3dError
+from seg3d.evaluation.metrics import CONVENTIONS, as_label_array, case_metrics_detail
 from seg3d.evaluation.report import aggregate, nan_to_none, write_reports
-from seg3d.io.image import SUPPORTED_ENDINGS
+from seg3d.io.image import SUPPORTED_ENDINGS, ending_of, read_header, read_image
 from seg3d.io.layout import read_dataset_labels as load_labels
-from seg3d.progress import ProgressFn, report
-
-
-def _ending(name: str) -> str | None:
-    low = name.lower()
-    return next((e for e in SUPPORTED_ENDINGS if low.endswith(e)), None)
+from seg3d.parallel import map_cases
+from seg3d.progress import ProgressFn
 
 
 def list_label_files(folder: str | Path, what: str) -> dict[str, Path]:
@@ -29,7 +25,7 @@ def list_label_files(folder: str | Path, what: str) -> dict[str, Path]:
         raise Seg3dError(f"{what} folder not found", folder)
     out: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
-        e = _ending(p.name)
+        e = ending_of(p.name)
         if p.name.startswith(".") or e is None or not p.is_file():
             continue
         cid = p.name[: -len(e)]
@@ -57,7 +53,6 @@ def match_cases(pred_dir, gt_dir) -> tuple[list[tuple[str, Path, Path]], list[st
 
 def check_geometry(pairs: list[tuple[str, Path, Path]]) -> None:
     """Every prediction on its reference's grid (size, spacing, origin, direction), else one error naming all."""
-    from seg3d.io.image import read_header
 
     bad = []
     for cid, pred, ref in pairs:
@@ -75,8 +70,6 @@ def _evaluate_pair(cid: str, pred_path: Path, ref_path: Path, class_values: list
     """Worker: read one pair and measure it (top-level so process pools can pickle it)."""
     import numpy as np
 
-    from seg3d.evaluation.metrics import as_label_array, case_metrics_detail
-    from seg3d.io.image import read_image
 
     pred, ref = read_image(pred_path), read_image(ref_path)
     diff = ref.geometry.mismatches(pred.geometry)
@@ -108,36 +101,17 @@ def _safe_pair(args) -> dict:
         return {"error": str(e)}
 
 
-def _worker_init() -> None:
-    """One thread per worker: the processes are the parallelism (no oversubscription on small machines)."""
-    import torch
-
-    torch.set_num_threads(1)
-
-
 def _run(pairs, class_values, tolerance_mm, workers: int, progress: ProgressFn | None) -> list[dict]:
     jobs = [(cid, p, r, class_values, tolerance_mm) for cid, p, r in pairs]
-    results: list[dict] = []
-    report(progress, 0, len(jobs), "")
-    if workers <= 1 or len(jobs) <= 2:
-        for i, job in enumerate(jobs, 1):
-            results.append(_evaluate_pair(*job))
-            report(progress, i, len(jobs), job[0])
-        return results
-    import multiprocessing as mp
-    import sys
-
-    # Import the metric stack once here so forked workers inherit it instead of each paying seconds for it.
-    import monai.metrics.utils  # noqa: F401
-    import torch  # noqa: F401
-
-    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
-        for i, res in enumerate(pool.map(_safe_pair, jobs, chunksize=1), 1):
-            if "error" in res:
-                raise Seg3dError(res["error"])
-            results.append(res)
-            report(progress, i, len(jobs), res["case_id"])
+    if workers > 1 and len(jobs) > 2:
+        # Import the metric stack once here so forked workers inherit it instead of each paying seconds for it.
+        import monai.metrics.utils  # noqa: F401
+        import torch  # noqa: F401
+    results = map_cases(_safe_pair, jobs, workers, progress, message=lambda res: res.get("case_id", ""),
+                        chunksize=1, serial_up_to=2)
+    for res in results:
+        if "error" in res:
+            raise Seg3dError(res["error"])
     return results
 
 
@@ -154,7 +128,6 @@ def evaluate_folder(pred_dir, gt_dir, out_dir, labels: dict[str, int] | None = N
     ``model_dir``: the model that made the predictions; the report links its training curves
     (``fold_*/progress.png``).
     """
-    from seg3d.evaluation.metrics import CONVENTIONS
 
     if tolerance_mm < 0 or not math.isfinite(tolerance_mm):
         raise Seg3dError(f"--tolerance-mm must be a finite number >= 0, got {tolerance_mm}")

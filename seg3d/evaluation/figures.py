@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from seg3d.atomic import write_with_atomic
-from seg3d.io.image import SUPPORTED_ENDINGS, read_image
+from seg3d.io.image import SUPPORTED_ENDINGS, Geometry, Reorientation, read_image
+
+# matplotlib imported inside the functions that use it: `seg3d --help`, `seg3d check` and `seg3d plan` stay fast
 
 REF_COLOUR, PRED_COLOUR = "#00e000", "#ff00ff"
 MONTAGE_SIZE_IN, DPI = (12.0, 4.5), 100
@@ -93,7 +95,6 @@ def montage(image: np.ndarray, ref: np.ndarray, pred: np.ndarray, spacing_zyx, c
 
 
 def _canonical(ref_img, *arrays):
-    from seg3d.io.image import Reorientation
 
     ro = Reorientation.to_canonical(ref_img.geometry)
     return ro.geometry(ref_img.geometry).spacing_zyx, [np.asarray(ro.apply(a)) for a in arrays]
@@ -132,7 +133,6 @@ def case_pictures(summary: dict, case_ids: list[str], pic_dir: Path, images_dir=
 
 def _same_grid(img_geo, ref_geo) -> bool:
     """Image (3D, or 4D with channels last in SimpleITK order) on the label's grid."""
-    from seg3d.io.image import Geometry
 
     if img_geo.dim == 4:
         m = np.asarray(img_geo.direction).reshape(4, 4)[:3, :3]

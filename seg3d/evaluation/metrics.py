@@ -27,6 +27,8 @@ import numpy as np
 
 from seg3d.errors import Seg3dError
 
+# torch, MONAI and scipy imported inside the functions that use it: `seg3d --help`, `seg3d check` and `seg3d plan` stay fast
+
 CONVENTIONS = (
     "Distances are in millimetres, using each image's voxel spacing (anisotropic spacing is honoured).",
     "Dice = 2|P∩R| / (|P|+|R|); IoU = |P∩R| / |P∪R|; volumes = voxel count × voxel volume (mm³).",

@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 
 from seg3d.atomic import write_json_atomic, write_text_atomic
+from seg3d.core.model_folder import ModelFolder
+from seg3d.evaluation.figures import case_pictures, dice_boxplot
 from seg3d.evaluation.metrics import summarize
 
 
@@ -173,7 +175,6 @@ def training_curves(model_dir, out_dir: Path) -> dict[str, str]:
     """``fold -> path of fold_*/progress.png relative to out_dir`` for a model folder (empty without one)."""
     if model_dir is None:
         return {}
-    from seg3d.core.model_folder import ModelFolder
 
     folder = ModelFolder(model_dir)
     pngs = [(fold, folder.progress_plot(fold)) for fold, _ in folder.fold_dirs()]
@@ -182,7 +183,6 @@ def training_curves(model_dir, out_dir: Path) -> dict[str, str]:
 
 def write_reports(summary: dict, out_dir: Path, images_dir=None, pictures: int = 10, model_dir=None) -> dict:
     """Write pictures, ``metrics.csv``, ``metrics.json`` and ``report.md``; return the summary with picture links."""
-    from seg3d.evaluation.figures import case_pictures, dice_boxplot
 
     out_dir.mkdir(parents=True, exist_ok=True)
     pics: dict = {"boxplot": None, "cases": {}}

@@ -14,21 +14,16 @@ Dice values (the mean of Dice values is not the Dice of averaged probabilities).
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
 from seg3d.atomic import write_json_atomic, write_text_atomic
 from seg3d.core.model_folder import ModelFolder
 from seg3d.errors import Seg3dError
-
-
-def _load_json(path: Path) -> dict | None:
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return obj if isinstance(obj, dict) else None
+from seg3d.evaluation.evaluate import list_label_files
+from seg3d.evaluation.metrics import case_metrics
+from seg3d.io.image import read_image
+from seg3d.io.layout import load_dataset
 
 
 def _num(v) -> float | None:
@@ -58,7 +53,7 @@ def _by_name(d: dict, value_to_name: dict[int, str]) -> dict[str, float | None]:
 
 def read_validation(path: Path, value_to_name: dict[int, str]) -> dict:
     """``{"dice": {class: mean}, "cases": {case: {class: dice}}, "n": cases}`` from a fold's summary.json."""
-    obj = _load_json(path) or {}
+    obj = ModelFolder.read_json(path) or {}
     cases: dict[str, dict] = {}
     raw_cases = obj.get("cases") or obj.get("metric_per_case") or obj.get("per_case") or []
     if isinstance(raw_cases, dict):
@@ -121,7 +116,7 @@ def read_training_log(path: Path) -> dict:
 
 def read_postprocessing(model_dir: Path, value_to_name: dict[int, str]) -> dict[str, str]:
     """Per-class decision from ``postprocessing.json``, as ``on``/``off`` (tolerant of its exact format)."""
-    obj = _load_json(ModelFolder(model_dir).postprocessing_json)
+    obj = ModelFolder.read_json(ModelFolder(model_dir).postprocessing_json)
     if obj is None:
         return {}
     out = {}
@@ -156,7 +151,6 @@ def read_postprocessing(model_dir: Path, value_to_name: dict[int, str]) -> dict[
 
 def _references(model_dir: Path) -> dict[str, Path]:
     """Reference label files of the training dataset the model folder records, if present."""
-    from seg3d.io.layout import load_dataset
 
     ddir = ModelFolder(model_dir).dataset_dir()
     if not ddir:
@@ -170,7 +164,6 @@ def _references(model_dir: Path) -> dict[str, Path]:
 
 def _dice_by_name(pred, ref, value_to_name: dict[int, str]) -> dict[str, float | None]:
     """Dice per class name of label map ``pred`` against the reference image ``ref`` (None where undefined)."""
-    from seg3d.evaluation.metrics import case_metrics
 
     m = case_metrics(pred, ref.array, ref.geometry.spacing_zyx, list(value_to_name), surface=False)
     return {value_to_name[v]: (None if math.isnan(x.dice) else x.dice) for v, x in m.items()}
@@ -178,8 +171,6 @@ def _dice_by_name(pred, ref, value_to_name: dict[int, str]) -> dict[str, float |
 
 def dice_from_predictions(vdir: Path, refs: dict[str, Path], value_to_name: dict[int, str]) -> dict:
     """Fold validation Dice computed from its saved label maps (when no summary.json was written)."""
-    from seg3d.evaluation.evaluate import list_label_files
-    from seg3d.io.image import read_image
 
     cases = {}
     for cid, pred_path in list_label_files(vdir, "validation").items():
@@ -194,7 +185,7 @@ def dice_from_predictions(vdir: Path, refs: dict[str, Path], value_to_name: dict
 
 
 def _labels(model_dir: Path) -> dict[str, int]:
-    plans = _load_json(ModelFolder(model_dir).plans_json) or {}
+    plans = ModelFolder.read_json(ModelFolder(model_dir).plans_json) or {}
     labels = plans.get("labels")
     if isinstance(labels, dict):
         try:
@@ -213,7 +204,7 @@ def summarize_model(model_dir: str | Path) -> dict:
         raise Seg3dError("no fold_K/ folders: is this a seg3d model folder?", model_dir)
     labels = _labels(model_dir)
     value_to_name = {v: n for n, v in labels.items() if v != 0}
-    info = _load_json(folder.model_json) or {}
+    info = ModelFolder.read_json(folder.model_json) or {}
     name = " ".join(str(info[k]) for k in ("config", "arch") if info.get(k)) or model_dir.name
     notes, folds, pooled, refs, partial = [], [], {}, None, False
     for fold, d in fold_dirs:
@@ -291,7 +282,6 @@ def ensemble_cv(model_dirs: list[Path]) -> tuple[dict | None, str]:
     ``(None, why not)``. Needs every model to have ``<case>.npz`` for the same validation cases of each fold."""
     import numpy as np
 
-    from seg3d.io.image import read_image
 
     labels = _labels(model_dirs[0])
     if not labels or any(_labels(d) != labels for d in model_dirs[1:]):

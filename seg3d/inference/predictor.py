@@ -20,7 +20,13 @@ from seg3d.core.folds import ALL_AVAILABLE
 from seg3d.core.model_folder import ModelFolder
 from seg3d.core.settings import PredictSettings, settings_from
 from seg3d.errors import Seg3dError
+from seg3d.inference.backends import LoadedModel, make_network_calls
+from seg3d.inference.sliding_window import sliding_window_predict
 from seg3d.io.image import Geometry
+from seg3d.postprocessing import PostprocessingRule
+from seg3d.preprocessing import indices_to_labels, preprocess_case, revert_to_original
+
+# SimpleITK imported inside the functions that use it: `seg3d --help`, `seg3d check` and `seg3d plan` stay fast
 
 
 @dataclass
@@ -52,7 +58,6 @@ class Predictor:
 
     def __init__(self, model_dir: str | Path | ModelFolder, settings: PredictSettings | None = None,
                  **overrides: Any):
-        from seg3d.inference.backends import LoadedModel, make_network_calls
 
         self.settings = settings_from(PredictSettings, settings, overrides)
         s = self.settings
@@ -87,7 +92,6 @@ class Predictor:
         return out
 
     def _load_postprocessing(self):
-        from seg3d.postprocessing import PostprocessingRule
 
         path = self.folder.postprocessing_json
         return PostprocessingRule.load(path) if path.is_file() else None
@@ -128,7 +132,6 @@ class Predictor:
 
     def preprocess(self, data: np.ndarray, geometry: Geometry, where=None):
         """Input -> (network input (C, *shape) float32, CaseProperties to go back)."""
-        from seg3d.preprocessing import preprocess_case
 
         data = self.check_input(data, geometry, where)
         pdata, _, props = preprocess_case(data, geometry, self.plan, self.config)
@@ -136,7 +139,6 @@ class Predictor:
 
     def predict_preprocessed(self, pdata: np.ndarray):
         """Mean softmax over folds and mirrorings, ``(K, *shape)`` on the device."""
-        from seg3d.inference.sliding_window import sliding_window_predict
 
         return sliding_window_predict(self.networks, pdata, self.config.patch_size, self.step, self.mirror_axes,
                                       self.device, num_classes=self.plan.num_classes,
@@ -144,7 +146,6 @@ class Predictor:
 
     def export(self, probs, props, probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities on the preprocessed grid -> label values (and probabilities) on the input grid."""
-        from seg3d.preprocessing import indices_to_labels, revert_to_original
 
         idx = revert_to_original(probs, props, self.plan, self.config, out="labels")
         labels = indices_to_labels(idx, self.label_values)

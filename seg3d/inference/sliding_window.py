@@ -97,26 +97,10 @@ def sliding_window_predict(networks: NetworkCall | Sequence[NetworkCall], data, 
     if x.ndim != 4:
         raise ValueError(f"data must be (C, z, y, x), got shape {tuple(x.shape)}")
     patch3, mirror3 = _as_3d(patch, mirror_axes, slice_axis)
-    spatial = tuple(int(s) for s in x.shape[1:])
-    # pad to at least one patch (zero = the normalized mean), centred, cropped off again at the end
-    pad = [max(p - s, 0) for p, s in zip(patch3, spatial)]
-    before = [p // 2 for p in pad]
-    padded = tuple(s + p for s, p in zip(spatial, pad))
-    if device.type == "cuda" and x.device.type == "cpu":
-        x = x.pin_memory()
-    x = x.to(device, dtype=torch.float32, non_blocking=True)
-    if any(pad):
-        xp = torch.zeros((x.shape[0], *padded), dtype=torch.float32, device=device)
-        xp[(slice(None),) + tuple(slice(b, b + s) for b, s in zip(before, spatial))] = x
-        x = xp
+    x, inner = _on_device_padded(x, patch3, device)
+    padded = tuple(x.shape[1:])
     items = window_items(padded, patch3, step, mirror3)
-    if batch_voxels is None:
-        batch_voxels = _GPU_BATCH_VOXELS if device.type == "cuda" else _CPU_BATCH_VOXELS
-    patch_voxels = int(np.prod(patch3))
-    forward_batch = max(1, batch_voxels // patch_voxels)
-    if device.type == "cpu" and patch_voxels <= batch_voxels:  # small windows only: large ones stay in bounds
-        forward_batch = max(forward_batch, _CPU_MIN_BATCH)
-
+    forward_batch = _forward_batch(patch3, device, batch_voxels)
     gauss = gaussian_importance(patch3, sigma_scale, device)
     acc = weight = None
     with torch.no_grad():
@@ -137,11 +121,39 @@ def sliding_window_predict(networks: NetworkCall | Sequence[NetworkCall], data, 
                 acc[(slice(None),) + sl] += probs[idx[0]:idx[-1] + 1].sum(0).to(acc.device)
                 weight[sl] += g_acc * len(idx)
     acc /= weight
-    if any(pad):
-        acc = acc[(slice(None),) + tuple(slice(b, b + s) for b, s in zip(before, spatial))].contiguous()
+    if padded != tuple(s.stop - s.start for s in inner):
+        acc = acc[(slice(None), *inner)].contiguous()
     if num_classes is not None and acc.shape[0] != num_classes:
         raise ValueError(f"network predicts {acc.shape[0]} classes, expected {num_classes}")
     return acc
+
+
+def _on_device_padded(x: torch.Tensor, patch3: tuple[int, ...], device: torch.device):
+    """``x`` as float32 on ``device``, zero-padded (zero = the normalized mean), centred, to at least one patch;
+    and the slices of the original image inside it (cropped off again at the end)."""
+    spatial = tuple(int(s) for s in x.shape[1:])
+    pad = [max(p - s, 0) for p, s in zip(patch3, spatial)]
+    inner = tuple(slice(p // 2, p // 2 + s) for p, s in zip(pad, spatial))
+    if device.type == "cuda" and x.device.type == "cpu":
+        x = x.pin_memory()
+    x = x.to(device, dtype=torch.float32, non_blocking=True)
+    if any(pad):
+        xp = torch.zeros((x.shape[0], *(s + p for s, p in zip(spatial, pad))), dtype=torch.float32, device=device)
+        xp[(slice(None), *inner)] = x
+        x = xp
+    return x, inner
+
+
+def _forward_batch(patch3: tuple[int, ...], device: torch.device, batch_voxels: int | None) -> int:
+    """(window, mirroring) items per forward pass: up to ``batch_voxels`` voxels, at least 2 small windows on
+    the CPU (see the module constants)."""
+    if batch_voxels is None:
+        batch_voxels = _GPU_BATCH_VOXELS if device.type == "cuda" else _CPU_BATCH_VOXELS
+    patch_voxels = int(np.prod(patch3))
+    forward_batch = max(1, batch_voxels // patch_voxels)
+    if device.type == "cpu" and patch_voxels <= batch_voxels:  # small windows only: large ones stay in bounds
+        forward_batch = max(forward_batch, _CPU_MIN_BATCH)
+    return forward_batch
 
 
 def _as_3d(patch: Sequence[int], mirror_axes: Sequence[int], slice_axis: int | None):

@@ -23,10 +23,10 @@ import numpy as np
 from seg3d.atomic import write_json_atomic, write_with_atomic
 from seg3d.core.settings import PredictSettings
 from seg3d.errors import Seg3dError
-from seg3d.io.image import read_header
+from seg3d.io.image import ending_of, read_header
 from seg3d.io.layout import group_channel_files
 from seg3d.io.sources import CaseSource
-from seg3d.io.writers import ending_of, format_for_path, writer_for
+from seg3d.io.writers import format_for_path, writer_for
 
 
 @dataclass(frozen=True)

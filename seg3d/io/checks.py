@@ -10,12 +10,8 @@ Cases run in worker processes (:func:`map_cases`), one case in memory per worker
 from __future__ import annotations
 
 import functools
-import multiprocessing as mp
-import os
-import sys
 from collections import Counter
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +19,11 @@ from typing import Any
 import numpy as np
 
 from seg3d.errors import Seg3dError
-from seg3d.io.image import Geometry
+from seg3d.io.image import Geometry, error_line, sitk_module
 from seg3d.io.layout import Case, Dataset, load_dataset
 from seg3d.io.niigz import read_sitk_checked
-from seg3d.progress import ProgressFn, report
+from seg3d.parallel import map_cases
+from seg3d.progress import ProgressFn
 
 
 @dataclass(frozen=True)
@@ -72,17 +69,6 @@ class _Opened:
     nonfinite: int = 0  # NaN/Inf voxels stored in the file (SimpleITK turns NIfTI ones into 0)
 
 
-def _sitk():
-    import SimpleITK as sitk
-
-    return sitk
-
-
-def _first_line(e: Exception) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return lines[-1] if lines else type(e).__name__
-
-
 def _spatial(size, spacing, origin, direction, d: int) -> Geometry:
     n = len(size)
     m = np.asarray(direction, dtype=float).reshape(n, n)[:d, :d]
@@ -108,10 +94,10 @@ def _open(path: Path, role: str, channels: int, problems: list[Problem]) -> _Ope
     except (RuntimeError, OSError) as e:  # OSError: e.g. no permission to read the file
         src = _header(path)
         if src is None:
-            problems.append(Problem(path, f"not a readable image ({_first_line(e)})"))
+            problems.append(Problem(path, f"not a readable image ({error_line(e)})"))
             return None
         problems.append(Problem(path, f"cannot read the voxels, the file is truncated or corrupt "
-                                      f"({_first_line(e)})"))
+                                      f"({error_line(e)})"))
         size, comps = tuple(src.GetSize()), int(src.GetNumberOfComponents())
     dim = len(size)
     args = (size, src.GetSpacing(), src.GetOrigin(), src.GetDirection())
@@ -140,7 +126,7 @@ def _open(path: Path, role: str, channels: int, problems: list[Problem]) -> _Ope
 
 def _header(path: Path):
     """A reader holding the header of ``path``, or None when even the header is unreadable."""
-    reader = _sitk().ImageFileReader()
+    reader = sitk_module().ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
@@ -227,7 +213,7 @@ def inspect_case(case: Case, spec: CaseSpec, labelled: bool = True,
         if bad:
             problems.append(Problem(lab.path, f"label does not match image {ref.path.name}: " + "; ".join(bad)))
 
-    sitk = _sitk()
+    sitk = sitk_module()
     channels: list[np.ndarray] = []
     for f in opened:
         if f.image is None:
@@ -328,41 +314,3 @@ def check_dataset(dataset: Dataset | str | Path, workers: int | None = None,
 def _check_one(item: tuple[Case, bool], spec: CaseSpec) -> list[Problem]:
     case, labelled = item
     return inspect_case(case, spec, labelled=labelled)[0]
-
-
-# ---- parallel map over cases -----------------------------------------------------------------------------
-
-def _init_worker() -> None:
-    # One ITK thread per worker: the workers already use every core, extra threads would only compete.
-    _sitk().ProcessObject_SetGlobalDefaultNumberOfThreads(1)
-
-
-def _context():
-    # fork starts a worker in milliseconds (spawn re-imports numpy/SimpleITK: ~0.3 s per worker); it is safe
-    # here because workers only run numpy/SimpleITK code. Elsewhere (macOS, Windows) spawn is the safe choice.
-    return mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-
-
-def map_cases(fn: Callable[[Any], Any], items: Sequence[Any], workers: int | None,
-              progress: ProgressFn | None, message: str) -> list[Any]:
-    """``[fn(item) for item in items]`` over worker processes, in order, reporting progress per item.
-
-    ``fn`` must be picklable (a module-level function or a ``functools.partial`` of one).
-    """
-    n = len(items)
-    workers = os.cpu_count() or 1 if workers is None else workers
-    workers = max(0, min(workers, n))
-    out: list[Any] = []
-    report(progress, 0, n, message)
-    if workers <= 1:
-        for i, item in enumerate(items):
-            out.append(fn(item))
-            report(progress, i + 1, n, message)
-        return out
-    # Small chunks keep the bar moving and the load balanced; >1 amortizes the inter-process round trips.
-    chunksize = max(1, min(8, n // (workers * 8)))
-    with ProcessPoolExecutor(workers, mp_context=_context(), initializer=_init_worker) as ex:
-        for i, res in enumerate(ex.map(fn, items, chunksize=chunksize)):
-            out.append(res)
-            report(progress, i + 1, n, message)
-    return out

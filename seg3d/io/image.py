@@ -23,6 +23,8 @@ from seg3d.atomic import atomic_path
 from seg3d.errors import Seg3dError
 from seg3d.io.niigz import read_sitk
 
+# SimpleITK imported inside the functions that use it: `seg3d --help`, `seg3d check` and `seg3d plan` stay fast
+
 SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
@@ -106,15 +108,21 @@ class Header:
     components: int
 
 
-def _sitk():
+def sitk_module():
+    """SimpleITK, imported on first use (``seg3d --help`` and listing folders never need it)."""
     import SimpleITK as sitk
 
     return sitk
 
 
+def ending_of(name: str | Path) -> str | None:
+    """The supported image file ending of a file name (``.nii.gz``, ``.nrrd`` ...), ``None`` if it has none."""
+    low = Path(name).name.lower()
+    return next((e for e in SUPPORTED_ENDINGS if low.endswith(e)), None)
+
+
 def _check_ending(path: Path) -> None:
-    name = path.name.lower()
-    if not any(name.endswith(e) for e in SUPPORTED_ENDINGS):
+    if ending_of(path) is None:
         raise Seg3dError(f"unsupported file type (expected one of {', '.join(SUPPORTED_ENDINGS)})", path)
 
 
@@ -124,22 +132,23 @@ def read_header(path: str | Path) -> Header:
     _check_ending(path)
     if not path.is_file():
         raise Seg3dError("file not found", path)
-    sitk = _sitk()
+    sitk = sitk_module()
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError as e:
-        raise Seg3dError(f"cannot read image header ({_first_line(e)})", path) from None
+        raise Seg3dError(f"cannot read image header ({error_line(e)})", path) from None
     geo = Geometry(tuple(int(v) for v in reader.GetSize()), tuple(float(v) for v in reader.GetSpacing()),
                    tuple(float(v) for v in reader.GetOrigin()), tuple(float(v) for v in reader.GetDirection()))
     return Header(geo, sitk.GetPixelIDValueAsString(reader.GetPixelID()),
                   int(reader.GetNumberOfComponents()))
 
 
-def _first_line(e: Exception) -> str:
+def error_line(e: Exception) -> str:
+    """The useful line of a reader's exception: SimpleITK's messages start with a source location and end
+    with the reason."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    # SimpleITK's messages start with a source location; the useful part is usually last.
     return lines[-1] if lines else type(e).__name__
 
 
@@ -149,12 +158,12 @@ def read_image(path: str | Path) -> Image:
     _check_ending(path)
     if not path.is_file():
         raise Seg3dError("file not found", path)
-    sitk = _sitk()
+    sitk = sitk_module()
     try:
         img = read_sitk(path)
         array = sitk.GetArrayFromImage(img)
     except RuntimeError as e:
-        raise Seg3dError(f"cannot read image ({_first_line(e)})", path) from None
+        raise Seg3dError(f"cannot read image ({error_line(e)})", path) from None
     except (EOFError, OSError, ValueError) as e:  # defensive: truncated data surfacing from numpy
         raise Seg3dError(f"cannot read image ({e})", path) from None
     if img.GetNumberOfComponentsPerPixel() > 1:
@@ -168,7 +177,7 @@ def write_image(array: np.ndarray, geometry: Geometry, path: str | Path, compres
     path = Path(path)
     if tuple(array.shape) != geometry.shape:
         raise ValueError(f"array shape {array.shape} does not match geometry shape {geometry.shape}")
-    sitk = _sitk()
+    sitk = sitk_module()
     img = sitk.GetImageFromArray(np.ascontiguousarray(array))
     geometry.apply_to(img)
     with atomic_path(path) as tmp:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from seg3d.errors import Seg3dError
-from seg3d.io.image import SUPPORTED_ENDINGS, Geometry, read_image
+from seg3d.io.image import SUPPORTED_ENDINGS, Geometry, ending_of, read_image
 
 
 @dataclass(frozen=True)
@@ -124,14 +124,6 @@ def _parse_channels(raw, path: Path, key: str) -> tuple[str, ...]:
     return tuple(str(raw[str(i)]) for i in idx)
 
 
-def _ending_of(name: str) -> str | None:
-    low = name.lower()
-    for e in SUPPORTED_ENDINGS:
-        if low.endswith(e):
-            return e
-    return None
-
-
 def load_dataset(root: str | Path) -> Dataset:
     """List a dataset folder (nnU-Net v2 raw or MSD layout) without opening images."""
     root = Path(root)
@@ -211,7 +203,7 @@ def group_channel_files(folder: Path, num_channels: int, ending: str | None = No
     for p in sorted(folder.iterdir()):
         if p.name.startswith(".") or not p.is_file():
             continue
-        e = ending if ending and p.name.endswith(ending) else _ending_of(p.name)
+        e = ending if ending and p.name.endswith(ending) else ending_of(p.name)
         if e is None:
             continue
         stem = p.name[: -len(e)]
@@ -253,7 +245,7 @@ def _load_msd(root: Path, meta: dict, meta_path: Path) -> Dataset:
             continue
         img = (root / entry["image"]).resolve()
         lab = (root / entry["label"]).resolve() if entry.get("label") else None
-        ending = _ending_of(img.name) or ".nii.gz"
+        ending = ending_of(img.name) or ".nii.gz"
         cases.append(Case(img.name[: -len(ending)], (img,), lab, four_d=len(channels) > 1))
     problems += _num_training_problems(meta, meta_path, len(training), "'training' lists")
     test = []
@@ -266,9 +258,9 @@ def _load_msd(root: Path, meta: dict, meta_path: Path) -> Dataset:
             problems.append(f"{meta_path}: test[{i}] is not a file name")
         img = (root / item).resolve() if isinstance(item, str) else None
         if img is not None:
-            ending = _ending_of(img.name) or ".nii.gz"
+            ending = ending_of(img.name) or ".nii.gz"
             test.append(Case(img.name[: -len(ending)], (img,), None, four_d=len(channels) > 1))
-    ending = _ending_of(cases[0].images[0].name) if cases else ".nii.gz"
+    ending = ending_of(cases[0].images[0].name) if cases else ".nii.gz"
     return Dataset(root, str(meta.get("name", root.name)), "msd", channels, labels, ending or ".nii.gz",
                    tuple(cases), tuple(test), tuple(problems))
 

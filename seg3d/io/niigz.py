@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+# SimpleITK imported inside the functions that use it: `seg3d --help`, `seg3d check` and `seg3d plan` stay fast
+
 SMALL_GZ_BYTES = 1 << 20  # inflate in Python below this compressed size
 _GZ_ERRORS = (OSError, EOFError, zlib.error)
 # NIfTI datatype codes of float data -> numpy dtype (complex as pairs of floats)

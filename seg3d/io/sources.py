@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from seg3d.io.image import Geometry, read_header
+from seg3d.io.image import Geometry, ending_of, read_header
 from seg3d.io.layout import Case, read_case_images
-from seg3d.io.writers import ending_of, format_for_path
+from seg3d.io.writers import format_for_path
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,9 @@ import numpy as np
 
 from seg3d.atomic import atomic_path
 from seg3d.errors import Seg3dError
-from seg3d.io.image import SUPPORTED_ENDINGS, Geometry, write_image
+from seg3d.io.image import Geometry, ending_of, write_image
+
+# nibabel imported inside the functions that use it: `seg3d --help`, `seg3d check` and `seg3d plan` stay fast
 
 if TYPE_CHECKING:
     from seg3d.io.sources import CaseSource
@@ -82,12 +84,6 @@ def writer_for(format_name: str) -> MaskWriter:
     if format_name not in WRITERS:
         raise Seg3dError(f"unknown output format '{format_name}' (choose from {', '.join(WRITERS)})")
     return WRITERS[format_name]
-
-
-def ending_of(name: str | Path) -> str | None:
-    """The supported image file ending of a file name (``.nii.gz``, ``.nrrd`` ...), ``None`` if none."""
-    low = Path(name).name.lower()
-    return next((e for e in SUPPORTED_ENDINGS if low.endswith(e)), None)
 
 
 def format_for_path(path: str | Path) -> str:

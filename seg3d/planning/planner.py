@@ -6,13 +6,15 @@ can be tested on hand-built fingerprints; :func:`plan_dataset` adds the dataset 
 from __future__ import annotations
 
 import math
-import threading
 from pathlib import Path
 
 import numpy as np
 
 from seg3d.core.plan import ChannelNormalization, Configuration, Plan, TrainingDefaults
 from seg3d.core.plan_folder import PlanFolder
+from seg3d.errors import Seg3dError
+from seg3d.fingerprint import problems_error, scan_dataset
+from seg3d.planning.memory import known_architecture
 from seg3d.planning.presets import Preset, load_preset
 from seg3d.planning.search import Task, make_configuration, plan_lowres
 from seg3d.planning.spacing import shape_at_spacing, target_spacing
@@ -39,12 +41,7 @@ def plan_from_fingerprint(fp, preset: Preset | str = "8gb", progress: ProgressFn
                           arch: str = "unet") -> Plan:
     """The plan for a dataset described by ``fp`` (a :class:`seg3d.fingerprint.Fingerprint`), with patch and
     batch sized for the training memory of ``arch`` (a name of the :mod:`seg3d.nets` registry)."""
-    from seg3d.nets import architecture_names
-
-    if arch not in architecture_names():
-        from seg3d.errors import Seg3dError
-
-        raise Seg3dError(f"unknown architecture '{arch}' (choose from {', '.join(architecture_names())})")
+    _check_arch(arch)
     preset = load_preset(preset) if isinstance(preset, str) else preset
     spacings, shapes = fp.spacings, fp.cropped_shapes
     ts = target_spacing(spacings, shapes)
@@ -86,29 +83,11 @@ def plan_from_fingerprint(fp, preset: Preset | str = "8gb", progress: ProgressFn
     return plan
 
 
-class _WarmUp:
-    """Imports torch/MONAI for the memory estimate in a thread while workers fingerprint the dataset."""
+def _check_arch(arch: str) -> None:
+    if not known_architecture(arch):
+        from seg3d.nets import architecture_names  # here only: the registry imports torch, planning does not
 
-    def __init__(self) -> None:
-        self.thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        if self.thread is None:
-            from seg3d.planning.memory import warm_up
-
-            self.thread = threading.Thread(target=_quietly, args=(warm_up,), daemon=True)
-            self.thread.start()
-
-    def join(self) -> None:
-        if self.thread is not None:
-            self.thread.join()
-
-
-def _quietly(fn) -> None:
-    try:
-        fn()
-    except Exception:  # noqa: BLE001, S110 - the real estimate runs again in the main thread and reports errors
-        pass
+        raise Seg3dError(f"unknown architecture '{arch}' (choose from {', '.join(architecture_names())})")
 
 
 def plan_dataset(dataset_dir: str | Path, out_dir: str | Path, preset: str = "8gb",
@@ -121,22 +100,11 @@ def plan_dataset(dataset_dir: str | Path, out_dir: str | Path, preset: str = "8g
     ``gpu_memory_gb`` replaces the preset's memory budget; ``arch`` is the architecture the memory estimate
     sizes patch and batch for (train with the same ``--arch``).
     """
-    from seg3d.fingerprint import problems_error, scan_dataset
-
-    chosen = load_preset(preset, gpu_memory_gb)  # a bad preset fails before any file is read
+    chosen = load_preset(preset, gpu_memory_gb)  # a bad preset or architecture fails before any file is read
+    _check_arch(arch)
     out = Path(out_dir)
-    warm = _WarmUp()
-
-    def scanning(done: int, total: int, message: str = "") -> None:
-        if done >= 1:  # the worker processes exist by now (all forked at once): no fork happens under the thread
-            warm.start()
-        report(progress, done, total, message)
-
-    try:
-        problems, fp = scan_dataset(dataset_dir, workers=workers, progress=scanning,
-                                    cache_path=PlanFolder(out).fingerprint_json)
-    finally:
-        warm.join()
+    problems, fp = scan_dataset(dataset_dir, workers=workers, progress=progress,
+                                cache_path=PlanFolder(out).fingerprint_json)
     if fp is None:
         raise problems_error(problems, Path(dataset_dir))
     plan = plan_from_fingerprint(fp, chosen, progress=progress, arch=arch)

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 import zlib
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from seg3d.atomic import atomic_path, write_json_atomic
+from seg3d.core.plan import Plan
 from seg3d.errors import Seg3dError
+from seg3d.io.layout import Dataset, dataset_digest, load_dataset, read_case_images, read_case_label
+from seg3d.parallel import map_cases
+from seg3d.preprocessing.pipeline import CaseProperties, preprocess_case
 from seg3d.progress import ProgressFn, report
 
 CACHE_VERSION = 1
@@ -70,8 +73,6 @@ def _entry_paths(cache_dir: Path, case_id: str) -> dict[str, Path]:
 
 def build_entry(case, plan, config_name: str, cache_dir: Path) -> str:
     """Preprocess one case and write its entry (JSON last). Returns the case id."""
-    from seg3d.io.layout import read_case_images, read_case_label
-    from seg3d.preprocessing.pipeline import preprocess_case
 
     cfg = plan.config(config_name)
     data, geo = read_case_images(case, plan.num_channels)
@@ -110,12 +111,6 @@ def _remove_entry(cache_dir: Path, case_id: str) -> None:
         path.unlink(missing_ok=True)
 
 
-def _worker_init() -> None:
-    import torch
-
-    torch.set_num_threads(1)  # one process per core; also keeps forked children off the parent's thread pool
-
-
 def _build_one(case, plan, config_name: str, cache_dir: str):
     try:
         return case.case_id, build_entry(case, plan, config_name, Path(cache_dir)) and None
@@ -130,9 +125,7 @@ def build_cache(dataset, plan, config_name: str, cache_dir, workers: int | None 
     Complete entries are kept when the dataset digest and the plan configuration hash are unchanged;
     otherwise every entry is rebuilt. ``workers``: None = all cores, 0/1 = in this process.
     """
-    import multiprocessing as mp
 
-    from seg3d.io.layout import Dataset, dataset_digest, load_dataset
 
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     cache_dir = Path(cache_dir)
@@ -152,25 +145,15 @@ def build_cache(dataset, plan, config_name: str, cache_dir, workers: int | None 
     todo = [c for c in ds.cases if not _entry_complete(cache_dir, c.case_id)]
     total, done = len(ds.cases), len(ds.cases) - len(todo)
     report(progress, done, total, "cached" if not todo else "preprocessing")
-    failures: list[str] = []
-    workers = os.cpu_count() or 1 if workers is None else workers
-    if workers <= 1 or len(todo) <= 1:
-        for case in todo:
-            cid, err = _build_one(case, plan, config_name, str(cache_dir))
-            failures += [err] if err else []
-            done += 1
-            report(progress, done, total, cid)
-    else:
+    if todo and workers != 0 and workers != 1:
         import torch  # noqa: F401  imported once here so forked workers inherit it (2-3 s each otherwise)
 
-        ctx = mp.get_context("fork")
-        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx, initializer=_worker_init) as ex:
-            futs = [ex.submit(_build_one, c, plan, config_name, str(cache_dir)) for c in todo]
-            for fut in as_completed(futs):
-                cid, err = fut.result()
-                failures += [err] if err else []
-                done += 1
-                report(progress, done, total, cid)
+    def counted(done_before: int) -> ProgressFn | None:  # progress over all cases, cached ones included
+        return None if progress is None else lambda d, _t, m: progress(done_before + d, total, m)
+
+    results = map_cases(partial(_build_one, plan=plan, config_name=config_name, cache_dir=str(cache_dir)), todo,
+                        workers, counted(done), message=lambda res: res[0], chunksize=1)
+    failures = [err for _, err in results if err]
     if failures:
         raise Seg3dError(f"{len(failures)} case(s) could not be preprocessed:\n  " + "\n  ".join(failures),
                          cache_dir)
@@ -206,7 +189,6 @@ class CaseCache:
     @property
     def plan(self):
         if self._plan is None:
-            from seg3d.core.plan import Plan
 
             self._plan = Plan.load(self.cache_dir / PLAN_COPY)
         return self._plan
@@ -215,7 +197,6 @@ class CaseCache:
         return json.loads(_entry_paths(self.cache_dir, case_id)["json"].read_text())
 
     def properties(self, case_id: str):
-        from seg3d.preprocessing.pipeline import CaseProperties
 
         return CaseProperties.from_dict(self.meta(case_id)["properties"])
 
@@ -258,7 +239,6 @@ class CaseCache:
         return data, seg, fg
 
     def _rebuild(self, case_id: str) -> None:
-        from seg3d.io.layout import load_dataset
 
         root = self.manifest["dataset_root"]
         try:

@@ -32,14 +32,6 @@ def crop(array: np.ndarray, bbox: BBox) -> np.ndarray:
     return array[(slice(None),) * lead + tuple(slice(a, b) for a, b in bbox)]
 
 
-def uncrop(array: np.ndarray, bbox: BBox, full_shape: tuple[int, ...], fill=0) -> np.ndarray:
-    """Place a cropped array back into an array of ``full_shape`` (spatial), filling the rest."""
-    lead = array.shape[: array.ndim - len(bbox)]
-    out = np.full(lead + tuple(full_shape), fill, dtype=array.dtype)
-    out[(slice(None),) * len(lead) + tuple(slice(a, b) for a, b in bbox)] = array
-    return out
-
-
 def crop_to_nonzero(data: np.ndarray, seg: np.ndarray | None = None):
     """Crop ``data`` (C, *spatial) and ``seg`` to the nonzero region of ``data``.
 

@@ -23,6 +23,8 @@ from seg3d.preprocessing.resample import (
     target_shape,
 )
 
+# torch imported inside the functions that use it: `seg3d --help`, `seg3d check` and `seg3d plan` stay fast
+
 SLAB_BYTES = 256 * 2**20  # working memory per slab when reverting (float32 probabilities)
 
 

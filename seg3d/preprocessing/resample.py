@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+# torch imported inside the functions that use it: `seg3d --help`, `seg3d check` and `seg3d plan` stay fast
+
 ANISOTROPY_RATIO = 3.0
 
 

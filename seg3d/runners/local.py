@@ -9,7 +9,6 @@ redoes exactly the missing cases.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -17,13 +16,14 @@ from typing import Any
 from seg3d.core.device import precision_warning
 from seg3d.core.settings import PredictSettings, settings_from
 from seg3d.inference import stages
+from seg3d.inference.predictor import Predictor
 from seg3d.inference.stages import CaseRecord, Job
-from seg3d.progress import ProgressFn, report
+from seg3d.progress import LogFn, ProgressFn, log_info, report
 
 
 def predict_folder(in_dir: str | Path, out_dir: str | Path, model_dir: str | Path | None,
                    settings: PredictSettings | None = None, *, predictor=None,
-                   progress: ProgressFn | None = None, log: Callable[[str], None] | None = None,
+                   progress: ProgressFn | None = None, log: LogFn = log_info,
                    **overrides: Any) -> dict[str, Any]:
     """Predict every case of ``in_dir`` into ``out_dir`` (``<case><ending>``); returns a summary dict.
 
@@ -38,11 +38,10 @@ def predict_folder(in_dir: str | Path, out_dir: str | Path, model_dir: str | Pat
     started = stages.now()
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     if predictor is None:
-        from seg3d.inference.predictor import Predictor
 
         predictor = Predictor(model_dir, settings)
         warning = precision_warning(predictor.precision, predictor.device)
-        if warning and log:
+        if warning:
             log(f"warning: {warning}")
     inventory = stages.list_inputs(in_dir, out_dir, predictor.plan.num_channels, settings)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -58,35 +57,52 @@ def predict_folder(in_dir: str | Path, out_dir: str | Path, model_dir: str | Pat
     return stages.summarize(inventory, records, failures, seconds, time.perf_counter() - t_loop, manifest)
 
 
-def _pipeline(todo: list[Job], predictor, records: dict[str, CaseRecord], failures: list[CaseRecord],
-              progress: ProgressFn | None, log: Callable[[str], None] | None) -> None:
-    """Read ahead (1 thread), predict here, write behind (1 thread); at most one case waits to be written."""
-    total = len(todo)
-    record = stages.Tally(total, records, failures, progress, log).add
+class _Tally:
+    """Records each finished case (and its failure), reports progress and the rate."""
 
-    def collect(job: Job, fut: Future) -> None:
+    def __init__(self, total: int, records: dict[str, CaseRecord], failures: list[CaseRecord],
+                 progress: ProgressFn | None, log: LogFn):
+        self.total, self.records, self.failures, self.progress, self.log = total, records, failures, progress, log
+        self.done, self.t0 = 0, time.perf_counter()
+        report(progress, 0, total, "")
+
+    def record(self, r: CaseRecord) -> None:
+        self.records[r.case] = r
+        if r.status == "failed":
+            self.failures.append(r)
+            self.log(f"failed: {r.error}")
+        self.done += 1
+        rate = f"{self.done / max(time.perf_counter() - self.t0, 1e-9):.2f} cases/s" if r.status == "ok" else ""
+        report(self.progress, self.done, self.total, rate)
+
+    def collect(self, job: Job, fut: Future) -> None:
+        """The written case's record (a write that raised becomes a failure)."""
         try:
-            record(fut.result())
+            self.record(fut.result())
         except Exception as e:  # noqa: BLE001 - one bad case must not stop the batch
-            record(stages.failed_record(job, e))
+            self.record(stages.failed_record(job, e))
 
-    report(progress, 0, total, "")
+
+def _pipeline(todo: list[Job], predictor, records: dict[str, CaseRecord], failures: list[CaseRecord],
+              progress: ProgressFn | None, log: LogFn) -> None:
+    """Read ahead (1 thread), predict here, write behind (1 thread); at most one case waits to be written."""
+    tally = _Tally(len(todo), records, failures, progress, log)
     with ThreadPoolExecutor(1, thread_name_prefix="seg3d-read") as reader, \
             ThreadPoolExecutor(1, thread_name_prefix="seg3d-write") as writer:
         pending: tuple[Job, Future] | None = None
         nxt = reader.submit(stages.read_job, todo[0], predictor) if todo else None
         for i, job in enumerate(todo):
-            fut, nxt = nxt, (reader.submit(stages.read_job, todo[i + 1], predictor) if i + 1 < total else None)
+            fut, nxt = nxt, (reader.submit(stages.read_job, todo[i + 1], predictor) if i + 1 < len(todo) else None)
             try:
                 read = fut.result()
                 probs = stages.predict_job(read, predictor)
                 read.data = None  # the network input is no longer needed: bounded memory while writing
-            except Exception as e:  # noqa: BLE001
-                record(stages.failed_record(job, e))
+            except Exception as e:  # noqa: BLE001 - one bad case must not stop the batch
+                tally.record(stages.failed_record(job, e))
                 continue
             if pending is not None:
-                collect(*pending)
+                tally.collect(*pending)
             pending = (job, writer.submit(stages.write_job, read, probs, predictor))
             del read, probs
         if pending is not None:
-            collect(*pending)
+            tally.collect(*pending)

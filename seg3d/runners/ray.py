@@ -49,7 +49,7 @@ from seg3d.core.settings import PredictSettings, RaySettings, settings_from
 from seg3d.errors import Seg3dError
 from seg3d.inference import stages
 from seg3d.inference.stages import CaseRecord, Job
-from seg3d.progress import ProgressFn
+from seg3d.progress import LogFn, ProgressFn, log_info
 
 RAY_MISSING = "--engine ray needs Ray, which is not installed: pip install 'seg3d[ray]'"
 LOOPBACK = "127.0.0.1"
@@ -389,7 +389,7 @@ def _probe(ray, pool: _Pool, inventory: stages.Inventory, in_dir: Path, out_dir:
         for d in pool.described:
             log(f"{d['label']}: {d.get('precision', '?')}, {d.get('cpus')} CPU(s), model loaded")
             if d.get("warning"):
-                log(f"warning ({d['label']}): {d['warning']}")
+                log(f"warning: {d['label']}: {d['warning']}")
 
 
 def _first_line(e: BaseException) -> str:
@@ -505,7 +505,7 @@ class _ClusterPredictor:
 
 def predict_folder_ray(in_dir: str | Path, out_dir: str | Path, model_dir: str | Path,
                        settings: PredictSettings | None = None, ray_settings: RaySettings | None = None, *,
-                       progress: ProgressFn | None = None, log: Callable[[str], None] | None = None,
+                       progress: ProgressFn | None = None, log: LogFn = log_info,
                        **overrides: Any) -> dict[str, Any]:
     """Predict every case of ``in_dir`` into ``out_dir`` on a Ray cluster; returns the same summary dict as
     :func:`seg3d.runners.local.predict_folder` and writes the same manifest, plus ``engine: ray``, the workers,

@@ -15,6 +15,8 @@ import numpy as np
 
 from seg3d.atomic import atomic_path
 
+# torch imported inside the functions that use it: `seg3d --help`, `seg3d check` and `seg3d plan` stay fast
+
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """``torch.save`` to a temporary file next to ``path``, fsync, then rename over ``path``."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+# torch imported inside the functions that use it: `seg3d --help`, `seg3d check` and `seg3d plan` stay fast
+
 
 @dataclass(frozen=True)
 class DistInfo:

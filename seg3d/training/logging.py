@@ -12,6 +12,8 @@ from pathlib import Path
 
 from seg3d.atomic import write_text_atomic, write_with_atomic
 
+# matplotlib and TensorBoard imported inside the functions that use it: `seg3d --help`, `seg3d check` and `seg3d plan` stay fast
+
 
 class EpochLog:
     """Rows of per-epoch numbers, kept in memory and mirrored to ``log.csv``."""

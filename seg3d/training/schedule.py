@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from seg3d.errors import Seg3dError
+
+# torch imported inside the functions that use it: `seg3d --help`, `seg3d check` and `seg3d plan` stay fast
+
 
 @dataclass(frozen=True)
 class Schedule:
@@ -33,14 +37,12 @@ def default_schedule(optimizer: str, lr: float | None = None) -> Schedule:
     ``lr`` replaces the optimizer's base learning rate.
     """
     if lr is not None and not lr > 0:
-        from seg3d.errors import Seg3dError
 
         raise Seg3dError(f"the learning rate must be > 0, got {lr}")
     if optimizer == "sgd":
         return Schedule(base_lr=lr or 1e-2)
     if optimizer == "adamw":
         return Schedule(base_lr=lr or 1e-3, kind="warmup_poly", warmup=0.05, weight_decay=1e-2)
-    from seg3d.errors import Seg3dError
 
     raise Seg3dError(f"unknown optimizer '{optimizer}' (use sgd or adamw)")
 

@@ -29,14 +29,27 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 
+from seg3d import __version__
 from seg3d.core.device import precision_name, precision_warning, resolve_device, resolve_precision
 from seg3d.core.model_folder import ModelFolder, ModelInfo
+from seg3d.core.plan import Plan
 from seg3d.core.plan_folder import PlanFolder
 from seg3d.core.settings import TrainSettings, settings_from
+from seg3d.data import augmentation_preset, make_loader
 from seg3d.errors import Seg3dError
-from seg3d.progress import ProgressFn, report
+from seg3d.losses import build_loss
+from seg3d.nets import build_network
+from seg3d.nets.flops import count_flops
+from seg3d.preprocessing.cache import CaseCache, build_cache
+from seg3d.progress import LogFn, ProgressFn, log_info, report
+from seg3d.training import checkpoint as ck
 from seg3d.training import distributed as dist_mod
+from seg3d.training.logging import EpochLog
+from seg3d.training.schedule import build_optimizer, default_schedule, set_lr, training_fraction
+from seg3d.training.splits import fold_cases, load_or_create_splits
+from seg3d.training.validation import confusion_counts, dice_from_counts, validate_fold
 
 EMA_KEEP = 0.9
 CLIP_NORM = 12.0
@@ -84,13 +97,14 @@ def training_defaults(plan, optimizer: str | None, lr: float | None,
 
 def train(plan_dir: str | Path, settings: TrainSettings | None = None, *, model_dir: str | Path | None = None,
           dataset_dir: str | Path | None = None, progress: ProgressFn | None = None,
-          log: Callable[[str], None] = print, **overrides: Any) -> dict[str, Any]:
+          log: LogFn = log_info, **overrides: Any) -> dict[str, Any]:
     """Train one fold; returns a dict of results (epochs, steps, seconds, best EMA pseudo-Dice, validation).
 
     ``settings`` (:class:`~seg3d.core.settings.TrainSettings`) with keyword ``overrides`` of its fields.
     ``model_dir`` defaults to ``PLAN_DIR/models/<config>_<arch>_<loss>``; ``dataset_dir`` is only needed when
     neither the plan folder nor an existing cache records it. Launched by ``torchrun`` with several
-    processes, the ranks train one DDP model (rank 0 writes). CPU threads are the caller's choice
+    processes, the ranks train one DDP model (rank 0 writes). ``log`` gets one line per epoch (default: the
+    ``seg3d`` logger, :func:`seg3d.progress.log_info`). CPU threads are the caller's choice
     (:func:`seg3d.core.device.set_threads`; the CLI divides the cores between the ranks).
 
     Raises:
@@ -119,11 +133,8 @@ class Trainer:
 
     def __init__(self, plan_dir: str | Path, settings: TrainSettings, *, model_dir: str | Path | None = None,
                  dataset_dir: str | Path | None = None, progress: ProgressFn | None = None,
-                 log: Callable[[str], None] = print, loss_fn: LossFn | None = None,
+                 log: LogFn = log_info, loss_fn: LossFn | None = None,
                  batches: BatchSource | None = None):
-        from seg3d.core.plan import Plan
-        from seg3d.data import augmentation_preset
-        from seg3d.training.schedule import default_schedule
 
         self.settings = s = settings
         self.plan_folder = PlanFolder(plan_dir)
@@ -141,7 +152,6 @@ class Trainer:
         self.device = resolve_device(s.device)
         self.dist = dist_mod.init_distributed(self.device.type)
         if self.device.type == "cuda" and self.dist.enabled:
-            import torch
 
             self.device = torch.device("cuda", self.dist.local_rank)
         main = self.dist.is_main
@@ -160,8 +170,6 @@ class Trainer:
         self._log_start()
 
     def _prepare_data(self) -> None:
-        from seg3d.preprocessing.cache import CaseCache, build_cache
-        from seg3d.training.splits import fold_cases, load_or_create_splits
 
         s, folder, info = self.settings, self.folder, self.dist
         cache_dir = self.plan_folder.cache_dir(s.config)
@@ -172,7 +180,6 @@ class Trainer:
         self.cache = CaseCache(cache_dir)
         case_ids = sorted(self.cache.case_ids)
         if info.is_main:
-            from seg3d import __version__
 
             folder.path.mkdir(parents=True, exist_ok=True)
             folder.save_plan(self.plan)
@@ -186,11 +193,7 @@ class Trainer:
         dist_mod.barrier(info)
 
     def _build_model(self) -> None:
-        import torch
 
-        from seg3d.losses import build_loss
-        from seg3d.nets import build_network
-        from seg3d.training.schedule import build_optimizer
 
         s, dev = self.settings, self.device
         _seed_everything(s.seed)
@@ -211,7 +214,6 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=(self.amp == torch.float16 and dev.type == "cuda"))
 
     def _maybe_resume(self) -> None:
-        from seg3d.training import checkpoint as ck
 
         s = self.settings
         latest = self.folder.checkpoint_path(self.fold, "latest")
@@ -240,14 +242,11 @@ class Trainer:
         self.model = dist_mod.wrap_ddp(self.net, self.dist, self.device)
         # torch.compile for the training forward only (validation and checkpoints use the plain module): fuses
         # InstanceNorm/LeakyReLU and the layout copies around them; its compile time is paid in the first step
-        import torch
 
         self.forward = torch.compile(self.model) if s.compile else self.model
         self.compile_pending = s.compile
 
     def _prepare_batches(self) -> None:
-        from seg3d.data import augmentation_preset, make_loader
-        from seg3d.training.logging import EpochLog
 
         s, info, folder = self.settings, self.dist, self.folder
         self.loader = self.custom_batches or make_loader(
@@ -282,21 +281,18 @@ class Trainer:
     # --- one epoch -----------------------------------------------------------------------------------------
     def fraction(self, elapsed: float | None = None) -> float:
         """Fraction of training done (steps, or elapsed seconds under a budget): drives lr and stopping."""
-        from seg3d.training.schedule import training_fraction
 
         st = self.state
         return training_fraction(st.step, self.epochs * self.iters, st.elapsed if elapsed is None else elapsed,
                                  self.budget_s)
 
     def autocast(self):
-        import torch
 
         return torch.autocast(self.device.type, dtype=self.amp) if self.amp is not None else nullcontext()
 
     def run_epoch(self) -> EpochResult:
         """The iterations of epoch ``state.epoch``: lr from the schedule, forward, loss, backward, step."""
 
-        from seg3d.training.schedule import set_lr
 
         st, epoch = self.state, self.state.epoch
         self.model.train()
@@ -328,7 +324,6 @@ class Trainer:
 
     def train_step(self, batch: dict, epoch: int, it: int) -> float:
         """One optimizer step on ``batch`` (tensors on the device); returns the loss."""
-        import torch
 
         x = batch["image"]
         if self.channels_last:
@@ -358,7 +353,6 @@ class Trainer:
     # --- end of an epoch: pseudo-Dice, log, checkpoints ------------------------------------------------------
     def end_epoch(self, result: EpochResult) -> None:
         """Pseudo-Dice on the fixed validation patches, the EMA, the log row and the checkpoints (rank 0)."""
-        from seg3d.training.validation import dice_from_counts
 
         st, epoch = self.state, self.state.epoch
         val_loss, counts = self.pseudo_validation()
@@ -389,9 +383,7 @@ class Trainer:
 
     def pseudo_validation(self) -> tuple[float, Any]:
         """Mean loss and pooled (tp, fp, fn) per class on the fixed validation patches (eval mode, no grad)."""
-        import torch
 
-        from seg3d.training.validation import confusion_counts
 
         self.net.eval()
         losses, counts = [], None
@@ -417,7 +409,6 @@ class Trainer:
 
     def checkpoint(self, improved: bool) -> None:
         """``checkpoint_latest.pt`` (everything a resume needs) and, if ``improved``, ``checkpoint_best.pt``."""
-        from seg3d.training import checkpoint as ck
 
         meta, st = self._meta(), self.state
         weights = ck.unwrap(self.net).state_dict()
@@ -431,8 +422,6 @@ class Trainer:
     # --- finish ------------------------------------------------------------------------------------------------
     def finish(self) -> dict[str, Any]:
         """``checkpoint_final.pt``, the end-of-fold validation on the held-out cases, the result dict."""
-        from seg3d.training import checkpoint as ck
-        from seg3d.training.validation import validate_fold
 
         s, st = self.settings, self.state
         result: dict[str, Any] = {"model_dir": str(self.folder.path), "fold": str(self.fold), "epochs": st.epoch,
@@ -469,7 +458,6 @@ class Trainer:
 
 
 def _seed_everything(seed: int) -> None:
-    import torch
 
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -477,7 +465,6 @@ def _seed_everything(seed: int) -> None:
 
 
 def _param_flops_line(net, config, in_channels: int) -> str:
-    from seg3d.nets.flops import count_flops
 
     params = sum(p.numel() for p in net.parameters())
     line = f"network: {params / 1e6:.2f} M parameters"

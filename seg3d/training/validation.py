@@ -13,14 +13,22 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from seg3d.atomic import write_json_atomic
-from seg3d.progress import ProgressFn, report
+from seg3d.core.model_folder import ModelFolder
+from seg3d.core.settings import PredictSettings
+from seg3d.evaluation.metrics import case_metrics
+from seg3d.inference.predictor import Predictor
+from seg3d.inference.stages import write_probabilities
+from seg3d.io.layout import load_dataset, read_case_label
+from seg3d.io.sources import CaseSource
+from seg3d.io.writers import write_mask
+from seg3d.progress import LogFn, ProgressFn, log_info, report
 
 
 def confusion_counts(logits, target, num_classes: int):
     """Per foreground class (tp, fp, fn) of the argmax of ``logits`` (B, K, ...) vs ``target`` (B, 1, ...)."""
-    import torch
 
     pred = logits.argmax(1)
     ref = target[:, 0].to(pred.device)
@@ -43,17 +51,9 @@ def dice_from_counts(counts) -> list[float]:
 
 
 def validate_fold(model_dir: Path, fold: int | str, val_ids: list[str], dataset_dir: Path, device: str,
-                  tta: bool = True, progress: ProgressFn | None = None, log=print,
+                  tta: bool = True, progress: ProgressFn | None = None, log: LogFn = log_info,
                   precision: str = "auto") -> dict:
     """Predict the fold's held-out cases from ``checkpoint_final.pt`` and score them (Dice per case and class)."""
-    from seg3d.core.model_folder import ModelFolder
-    from seg3d.core.settings import PredictSettings
-    from seg3d.evaluation.metrics import case_metrics
-    from seg3d.inference.predictor import Predictor
-    from seg3d.inference.stages import write_probabilities
-    from seg3d.io.layout import load_dataset, read_case_label
-    from seg3d.io.sources import CaseSource
-    from seg3d.io.writers import write_mask
 
     t0 = time.perf_counter()
     folder = ModelFolder(model_dir)

@@ -1,3 +1,5 @@
+import pytest
+
 """The meta-device estimate grows with patch and batch and agrees with a real CPU training step."""
 import json
 import subprocess
@@ -67,6 +69,7 @@ def test_deep_supervision_heads_are_counted():
     assert many - few >= 18 * voxels * 4 * 2  # at least logits + softmax, fp32
 
 
+@pytest.mark.slow
 def test_estimate_agrees_with_a_real_cpu_step():
     # fp32 only: a bf16 CPU step of the same size takes ~100 s here (its ratio was 0.89 when measured)
     prec, batch, patch = "fp32", 2, (16, 96, 96)
@@ -76,3 +79,39 @@ def test_estimate_agrees_with_a_real_cpu_step():
     # measured when SAFETY_FACTOR was set: 0.89 (bf16) to 1.16 (fp32); the band the planner relies on:
     assert 0.7 <= ratio <= 1.5, f"estimate {est.total_bytes / 2**20:.0f} MB vs measured " \
                                 f"{measured / 2**20:.0f} MB (x{ratio:.2f}, safety factor {SAFETY_FACTOR})"
+
+
+def test_closed_form_count_equals_the_meta_device_pass():
+    """The planner's closed-form count (no torch, no MONAI) is byte for byte the meta-device measurement of the
+    real networks, over random 2D/3D topologies, channels, classes, precisions and both architectures."""
+    import random
+
+    from seg3d.planning.memory import COUNTERS, measured_per_sample
+    from seg3d.planning.topology import plan_topology
+
+    rng = random.Random(0)
+    compared = 0
+    for _ in range(12):
+        nd = rng.choice([2, 3, 3])
+        spacing = tuple(rng.choice([0.5, 0.8, 1.0, 1.5, 3.0, 5.0]) for _ in range(nd))
+        patch = tuple(rng.randint(6, 80) for _ in range(nd))
+        topo, patch = plan_topology(patch, spacing, rng.choice([8, 16, 32]), 320, rng.randint(2, 6), 4)
+        if topo.num_stages < 2:
+            continue
+        cin, k = rng.randint(1, 4), rng.randint(2, 14)
+        for precision in ("fp32", "fp16", "bf16"):
+            for arch, count in COUNTERS.items():
+                assert count(topo, tuple(patch), cin, k, precision) == \
+                    measured_per_sample(topo, tuple(patch), cin, k, precision, arch), (topo, patch, precision, arch)
+                compared += 1
+    assert compared >= 30
+
+
+def test_planning_imports_neither_torch_nor_monai(phantom_dir, tmp_path):
+    """`seg3d plan` start-up: the estimate is closed-form, so planning never pays for torch, MONAI, dynamo."""
+    script = ("import sys; from seg3d.planning import plan_dataset; "
+              f"plan_dataset({str(phantom_dir)!r}, {str(tmp_path / 'p')!r}, workers=0); "
+              "print(sorted(m for m in ('torch', 'monai', 'torch._dynamo') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"

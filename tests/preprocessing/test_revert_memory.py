@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 SCRIPT = r"""
 import json, resource
 import numpy as np, torch
@@ -27,6 +29,7 @@ print(json.dumps({"extra_mb": (after - before) / 1024, "shape": list(lab.shape),
 """
 
 
+@pytest.mark.slow
 def test_revert_peak_memory_is_bounded():
     res = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True, timeout=120)
     out = json.loads(res.stdout.strip().splitlines()[-1])

@@ -17,6 +17,7 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_time_budget_stops_on_time_with_lr_decayed(plan_dir, tmp_path):
     from seg3d.training import train
 
@@ -60,6 +61,7 @@ _DDP_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["eager", "compile"])  # compile: torch.compile of the DDP-wrapped model
 def test_two_process_gloo_ddp_trains_and_rank0_writes(plan_dir, tmp_path, mode):
     script = tmp_path / "ddp_train.py"

@@ -1,6 +1,7 @@
 """`train(..., compile=True)`: the compiled forward trains, checkpoints stay plain, failures fall back."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 
@@ -11,6 +12,7 @@ def _train(plan_dir, out, logs, **kw):
                  workers=0, val_batches=1, validate=False, log=logs.append, compile=True, **kw)
 
 
+@pytest.mark.slow
 def test_compiled_training_runs_and_saves_plain_weights(plan_dir, tmp_path):
     from seg3d.core.model_folder import load_checkpoint_file as load_checkpoint
 

@@ -14,6 +14,7 @@ def _two_case_splits(model_dir):
     (model_dir / "splits.json").write_text(json.dumps([{"train": ids, "val": ids}]))
 
 
+@pytest.mark.slow
 def test_tiny_network_learns_two_cases_and_fold_validation_is_written(plan_dir, tmp_path):
     from seg3d.training import train
 
@@ -37,6 +38,7 @@ def test_tiny_network_learns_two_cases_and_fold_validation_is_written(plan_dir, 
     assert all(d > 0.9 for d in summary["per_class"].values()), summary["per_class"]
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(plan_dir, tmp_path):
     from seg3d.training import train
 

@@ -6,6 +6,7 @@ import torch
 from seg3d.errors import Seg3dError
 from seg3d.inference.backends import LoadedModel, register_backend
 from seg3d.inference.network_call import TorchNetwork
+from seg3d.nets import build_network
 
 
 @register_backend("torch")
@@ -18,7 +19,6 @@ def torch_network_calls(model: LoadedModel, settings) -> list[TorchNetwork]:
 
 def load_fold_network(model: LoadedModel, fold: str, kind: str = "final") -> torch.nn.Module:
     """The fold's network in eval mode on the model's device, its weights checked against the plan."""
-    from seg3d.nets import build_network
 
     path = model.folder.checkpoint_path(fold, kind)
     ckpt = model.folder.load_checkpoint(path)
