@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, pinned: a bare requirement could pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,openvino,dicom]'
+	$(BIN)/pip install --quiet -e '.[dev,openvino,dicom,ray]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -50,7 +50,9 @@ def guarded(fn: Callable[[], Any]) -> Any:
     except Seg3dError as e:
         if _DEBUG["on"]:
             raise
-        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        from rich.markup import escape  # a message may hold brackets: seg3d[ray], a file "scan[1].nii.gz"
+
+        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")

@@ -53,6 +53,16 @@ def register(app: typer.Typer) -> None:
         series_filter: list[str] | None = typer.Option(None, "--series-filter", help="Which DICOM series: "
                                                        "modality=CT, description='*abdomen*', min-slices=20 "
                                                        "(repeatable; all must match)."),
+        engine: str = typer.Option("local", "--engine", help="local (this machine) or ray (a Ray cluster: "
+                                   "cases go to free workers; needs seg3d\\[ray] and storage every node sees)."),
+        ray_address: str | None = typer.Option(None, "--ray-address", help="auto or HOST:PORT of a running "
+                                               "Ray cluster to join (default: start one on this machine)."),
+        workers: int | None = typer.Option(None, "--workers", help="Ray workers in all (default: as many as "
+                                           "the cluster's GPUs and CPUs hold)."),
+        gpus_per_worker: float = typer.Option(1.0, "--gpus-per-worker", help="GPUs per GPU worker (0.5: two "
+                                              "per GPU); the CPUs left get CPU workers."),
+        cpus_per_worker: int | None = typer.Option(None, "--cpus-per-worker", help="CPUs (and threads) per "
+                                                   "Ray worker (default: 4, or a node's CPUs if fewer)."),
     ) -> None:
         """Segment every case in a folder; outputs carry each input's exact header."""
         from seg3d.core.device import set_threads
@@ -70,10 +80,16 @@ def register(app: typer.Typer) -> None:
             output_formats=tuple(output_formats or ()), statistics=statistics, preview=preview,
             series_filter=tuple(series_filter or ())))
         guarded(lambda: set_threads(threads))
+        ray_settings = guarded(lambda: _ray_settings(engine, ray_address, workers, gpus_per_worker,
+                                                     cpus_per_worker))
 
         def run():
             with progress_bar("predict") as bar:
-                return predict_folder(input_dir, output_dir, model_dir, settings, progress=bar)
+                if ray_settings is None:
+                    return predict_folder(input_dir, output_dir, model_dir, settings, progress=bar)
+                from seg3d.runners.ray import predict_folder_ray
+
+                return predict_folder_ray(input_dir, output_dir, model_dir, settings, ray_settings, progress=bar)
 
         summary = guarded(run)
         _print_summary(summary)
@@ -115,6 +131,20 @@ def register(app: typer.Typer) -> None:
 
 
 SHOWN_PER_REASON = 10  # skipped files listed by name per reason; the manifest lists all
+def _ray_settings(engine: str, address: str | None, workers: int | None, gpus_per_worker: float,
+                  cpus_per_worker: int | None):
+    """``None`` for the local engine; the Ray engine's settings (its options are refused without it)."""
+    from seg3d.core.settings import RaySettings
+    from seg3d.errors import Seg3dError
+
+    if engine == "local":
+        if address is not None or workers is not None or cpus_per_worker is not None or gpus_per_worker != 1.0:
+            raise Seg3dError("--ray-address, --workers, --gpus-per-worker and --cpus-per-worker need --engine ray")
+        return None
+    if engine != "ray":
+        raise Seg3dError(f"--engine takes local or ray, got '{engine}'")
+    return RaySettings(address=address, workers=workers, gpus_per_worker=gpus_per_worker,
+                       cpus_per_worker=cpus_per_worker)
 
 
 def _print_summary(summary: dict) -> None:

@@ -7,9 +7,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -55,10 +56,8 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    if suffix is None:
-        suffix = "".join(target.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name.split('.')[0][:80]}.", suffix=".part" + suffix,
-                               dir=target.parent)
+    prefix, suffix = _part_affixes(target, suffix)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -95,14 +94,38 @@ def atomic_files(target: str | Path) -> Iterator[Path]:
             os.replace(f, target.parent / f.name)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+def _part_affixes(target: Path, suffix: str | None = None) -> tuple[str, str]:
+    """The hidden temporary name of ``target``: ``.<stem>.<random>.part<suffix>``."""
+    if suffix is None:
+        suffix = "".join(target.suffixes) or ".tmp"
+    # the stem cut to 80 characters: the temporary name is never longer than the final one (file name limits)
+    return f".{target.name.split('.')[0][:80]}.", ".part" + suffix
+
+
+def partial_files(targets: Iterable[str | Path]) -> list[Path]:
+    """Temporary files that :func:`atomic_path` left beside ``targets`` when its process was killed mid-write
+    (a killed process runs no cleanup). One folder listing per folder, so cheap for thousands of targets.
+    Only for targets no live process is writing: a runner removes them before it writes the target again."""
+    by_folder: dict[Path, list[re.Pattern]] = {}
+    for t in map(Path, targets):
+        prefix, suffix = _part_affixes(t)
+        by_folder.setdefault(t.parent, []).append(
+            re.compile(re.escape(prefix) + r"[A-Za-z0-9_]+" + re.escape(suffix) + "$"))
+    found = []
+    for folder, patterns in by_folder.items():
+        try:
+            names = [n for n in os.listdir(folder) if n.startswith(".") and ".part" in n]
+        except OSError:
+            continue
+        found += [folder / n for n in sorted(names) if any(p.match(n) for p in patterns)]
+    return found
 
 
 def write_bytes_atomic(target: str | Path, data: bytes) -> None:
-    with atomic_path(target) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+    with atomic_path(target) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_text_atomic(target: str | Path, text: str) -> None:

@@ -169,6 +169,54 @@ class PredictSettings:
         return replace(self, **changes)
 
 
+
+@dataclass(frozen=True)
+class RaySettings:
+    """Where and how ``seg3d predict --engine ray`` runs (:func:`seg3d.runners.ray.predict_folder_ray`).
+
+    Attributes:
+        address: ``None``: start a private Ray cluster on this machine (127.0.0.1 only) and stop it at the end;
+            ``"auto"`` (the cluster this machine belongs to) or ``"HOST:PORT"``: join a running cluster.
+        workers: worker processes in all (``None``: one per ``gpus_per_worker`` GPUs, then one per
+            ``cpus_per_worker`` CPUs left, over every node).
+        gpus_per_worker: GPUs a GPU worker reserves (fractions share a GPU: 0.5 = two workers per GPU).
+        cpus_per_worker: CPUs each worker reserves, and its torch threads (``None``: 4, or a node's CPUs if fewer).
+        max_attempts: a case whose worker dies is submitted again until it has been tried this many times.
+        max_restarts: how often Ray restarts each worker process that died (then the worker is given up).
+        cases_in_flight: cases handed to one worker at a time (2: the next is read while one is predicted).
+        startup_timeout_s: seconds to wait for every worker to start, load the model and pass the storage probe.
+        object_store_mb: Ray's shared-memory object store of a private local cluster (seg3d sends only file
+            names and small records through it).
+    """
+
+    address: str | None = None
+    workers: int | None = None
+    gpus_per_worker: float = 1.0
+    cpus_per_worker: int | None = None
+    max_attempts: int = 3
+    max_restarts: int = 3
+    cases_in_flight: int = 2
+    startup_timeout_s: float = 300.0
+    object_store_mb: int = 256
+
+    def __post_init__(self) -> None:
+        if self.address is not None and self.address != "auto" and \
+                not (":" in self.address and self.address.rsplit(":", 1)[1].isdigit()):
+            raise Seg3dError(f"--ray-address takes 'auto' or HOST:PORT (e.g. 10.0.0.1:6379), got '{self.address}'")
+        if self.workers is not None and self.workers < 1:
+            raise Seg3dError(f"--workers must be >= 1, got {self.workers}")
+        if not self.gpus_per_worker >= 0:
+            raise Seg3dError(f"--gpus-per-worker must be >= 0, got {self.gpus_per_worker}")
+        if self.cpus_per_worker is not None and self.cpus_per_worker < 1:
+            raise Seg3dError(f"--cpus-per-worker must be >= 1, got {self.cpus_per_worker}")
+        if self.max_attempts < 1 or self.max_restarts < 0 or self.cases_in_flight < 1:
+            raise Seg3dError(f"max_attempts and cases_in_flight must be >= 1 and max_restarts >= 0 (got "
+                             f"{self.max_attempts}, {self.cases_in_flight}, {self.max_restarts})")
+        if not self.startup_timeout_s > 0 or self.object_store_mb < 80:
+            raise Seg3dError(f"startup_timeout_s must be > 0 and object_store_mb >= 80 (Ray's minimum), got "
+                             f"{self.startup_timeout_s}, {self.object_store_mb}")
+
+
 def settings_from(cls, settings, overrides: dict[str, Any]):
     """``settings`` (or the defaults) with keyword ``overrides``; unknown names are a TypeError, as for a call."""
     names = {f.name for f in fields(cls)}

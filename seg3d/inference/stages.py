@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -72,15 +73,18 @@ class CaseRecord:
     notes: list[str] = field(default_factory=list)  # one line each: what an output could not keep, or lacks
     warnings: list[str] = field(default_factory=list)
     provenance: dict[str, Any] = field(default_factory=dict)  # input identity, model checksum, outputs
+    extra: dict[str, Any] = field(default_factory=dict)  # a runner's own facts (Ray: worker, attempts, retries)
 
     def manifest_entry(self) -> dict[str, Any]:
         extra = {k: v for k, v in (("notes", self.notes), ("warnings", self.warnings)) if v}
         if self.status == "ok":
-            return {"case": self.case, "status": "ok", "output": self.output,
-                    "seconds": {k: round(v, 4) for k, v in self.seconds.items()}, **extra, **self.provenance}
-        if self.status == "skipped":
-            return {"case": self.case, "status": "skipped", "output": self.output}
-        return {"case": self.case, "status": "failed", "error": self.error, "kind": self.kind, **extra}
+            entry = {"case": self.case, "status": "ok", "output": self.output,
+                     "seconds": {k: round(v, 4) for k, v in self.seconds.items()}, **extra, **self.provenance}
+        elif self.status == "skipped":
+            entry = {"case": self.case, "status": "skipped", "output": self.output}
+        else:
+            entry = {"case": self.case, "status": "failed", "error": self.error, "kind": self.kind, **extra}
+        return {**entry, **self.extra}
 
     def failure(self) -> dict[str, Any]:
         return {"case": self.case, "path": self.path, "error": self.error, "kind": self.kind}
@@ -509,6 +513,43 @@ def summarize(inventory: Inventory, records: dict[str, CaseRecord], failures: li
             "manifest": None if manifest is None else str(manifest), "manifest_note": manifest_note,
             "input_dir": None if inventory.in_dir is None else str(inventory.in_dir),
             "input_counts": counts, "inputs": inputs}
+
+
+@dataclass
+class Tally:
+    """The records of a run as its cases finish, and the progress report every runner gives:
+    ``progress(done, total, "<rate> cases/s, ETA m:ss[, <note>]")``; failures are also logged as they happen."""
+
+    total: int
+    records: dict[str, CaseRecord]
+    failures: list[CaseRecord]
+    progress: Callable[[int, int, str], None] | None = None
+    log: Callable[[str], None] | None = None
+    done: int = 0
+    t0: float = field(default_factory=time.perf_counter)
+
+    def add(self, rec: CaseRecord, note: str = "") -> None:
+        """Keep ``rec`` (a failure also in ``failures``, and logged) and report progress."""
+        self.records[rec.case] = rec
+        if rec.status == "failed":
+            self.failures.append(rec)
+            if self.log:
+                self.log(f"failed: {rec.error}")
+        self.done += 1
+        self.report(note)
+
+    def report(self, note: str = "") -> None:
+        """Report progress now (also between cases, so the ETA keeps moving on long cases)."""
+        if self.progress is None:
+            return
+        if not self.done:
+            self.progress(0, self.total, note)
+            return
+        rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
+        left = round((self.total - self.done) / rate)
+        eta = f"{left // 3600}:{left % 3600 // 60:02d}:{left % 60:02d}" if left >= 3600 else \
+            f"{left // 60}:{left % 60:02d}"
+        self.progress(self.done, self.total, f"{rate:.2f} cases/s, ETA {eta}" + (f", {note}" if note else ""))
 
 
 def now() -> str:
