@@ -517,8 +517,9 @@ def summarize(inventory: Inventory, records: dict[str, CaseRecord], failures: li
 
 @dataclass
 class Tally:
-    """The records of a run as its cases finish, and the progress report every runner gives:
-    ``progress(done, total, "<rate> cases/s, ETA m:ss[, <note>]")``; failures are also logged as they happen."""
+    """The records of a run as its cases finish, and the progress report every runner (local, Ray) gives:
+    ``progress(done, total, "<rate> cases/s, ETA m:ss[, <note>]")``; failures, input warnings and output notes
+    are also logged as they happen."""
 
     total: int
     records: dict[str, CaseRecord]
@@ -533,8 +534,10 @@ class Tally:
         self.records[rec.case] = rec
         if rec.status == "failed":
             self.failures.append(rec)
-            if self.log:
-                self.log(f"failed: {rec.error}")
+        if self.log:
+            for line in ([f"failed: {rec.error}"] if rec.status == "failed" else []) + \
+                    [f"warning: {w}" for w in rec.warnings] + [f"note: {n}" for n in rec.notes]:
+                self.log(line)
         self.done += 1
         self.report(note)
 

@@ -20,7 +20,7 @@ from seg3d.inference import stages
 from seg3d.inference.accounting import preflight
 from seg3d.inference.predictor import Predictor
 from seg3d.inference.stages import CaseRecord, Job
-from seg3d.progress import LogFn, ProgressFn, log_info, report
+from seg3d.progress import LogFn, ProgressFn, log_info
 
 
 def predict_folder(in_dir: str | Path, out_dir: str | Path, model_dir: str | Path | None,
@@ -73,38 +73,19 @@ def predict_folder(in_dir: str | Path, out_dir: str | Path, model_dir: str | Pat
     return stages.summarize(inventory, records, failures, seconds, time.perf_counter() - t_loop, manifest, note)
 
 
-class _Tally:
-    """Records each finished case (and its failure), reports progress and the rate."""
-
-    def __init__(self, total: int, records: dict[str, CaseRecord], failures: list[CaseRecord],
-                 progress: ProgressFn | None, log: LogFn):
-        self.total, self.records, self.failures, self.progress, self.log = total, records, failures, progress, log
-        self.done, self.t0 = 0, time.perf_counter()
-        report(progress, 0, total, "")
-
-    def record(self, r: CaseRecord) -> None:
-        self.records[r.case] = r
-        if r.status == "failed":
-            self.failures.append(r)
-            self.log(f"failed: {r.error}")
-        for n in r.notes:
-            self.log(f"note: {n}")
-        self.done += 1
-        rate = f"{self.done / max(time.perf_counter() - self.t0, 1e-9):.2f} cases/s" if r.status == "ok" else ""
-        report(self.progress, self.done, self.total, rate)
-
-    def collect(self, job: Job, fut: Future) -> None:
-        """The written case's record (a write that raised becomes a failure)."""
-        try:
-            self.record(fut.result())
-        except Exception as e:  # noqa: BLE001 - one bad case must not stop the batch
-            self.record(stages.failed_record(job, e))
+def _collect(tally: stages.Tally, job: Job, fut: Future) -> None:
+    """The written case's record (a write that raised becomes a failure)."""
+    try:
+        tally.add(fut.result())
+    except Exception as e:  # noqa: BLE001 - one bad case must not stop the batch
+        tally.add(stages.failed_record(job, e))
 
 
 def _pipeline(todo: list[Job], predictor, records: dict[str, CaseRecord], failures: list[CaseRecord],
               progress: ProgressFn | None, log: LogFn) -> None:
     """Read ahead (1 thread), predict here, write behind (1 thread); at most one case waits to be written."""
-    tally = _Tally(len(todo), records, failures, progress, log)
+    tally = stages.Tally(len(todo), records, failures, progress, log)
+    tally.report()
     with ThreadPoolExecutor(1, thread_name_prefix="seg3d-read") as reader, \
             ThreadPoolExecutor(1, thread_name_prefix="seg3d-write") as writer:
         pending: tuple[Job, Future] | None = None
@@ -113,16 +94,14 @@ def _pipeline(todo: list[Job], predictor, records: dict[str, CaseRecord], failur
             fut, nxt = nxt, (reader.submit(stages.read_job, todo[i + 1], predictor) if i + 1 < len(todo) else None)
             try:
                 read = fut.result()
-                for w in read.warnings:
-                    log(f"warning: {w}")
                 probs = stages.predict_job(read, predictor)
                 read.data = None  # the network input is no longer needed: bounded memory while writing
             except Exception as e:  # noqa: BLE001 - one bad case must not stop the batch
-                tally.record(stages.failed_record(job, e))
+                tally.add(stages.failed_record(job, e))
                 continue
             if pending is not None:
-                tally.collect(*pending)
+                _collect(tally, *pending)
             pending = (job, writer.submit(stages.write_job, read, probs, predictor))
             del read, probs
         if pending is not None:
-            tally.collect(*pending)
+            _collect(tally, *pending)

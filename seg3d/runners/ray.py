@@ -44,10 +44,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from seg3d.atomic import partial_files, write_text_atomic
+from seg3d.atomic import partial_files, storage_error, write_text_atomic
 from seg3d.core.settings import PredictSettings, RaySettings, settings_from
 from seg3d.errors import Seg3dError
 from seg3d.inference import stages
+from seg3d.inference.accounting import preflight
 from seg3d.inference.stages import CaseRecord, Job
 from seg3d.progress import LogFn, ProgressFn, log_info
 
@@ -527,20 +528,31 @@ def predict_folder_ray(in_dir: str | Path, out_dir: str | Path, model_dir: str |
     t_start, started = time.perf_counter(), stages.now()
     in_dir, out_dir, model_dir = Path(in_dir).absolute(), Path(out_dir).absolute(), Path(model_dir).absolute()
     check_ray_installed()
+    for w in preflight(in_dir, out_dir):  # before any worker or model is started
+        log(f"warning: {w}")
     plan = ModelFolder(model_dir).require().load_plan()
-    inventory = stages.list_inputs(in_dir, out_dir, plan.num_channels, settings)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    inventory = stages.list_inputs(in_dir, out_dir, plan.num_channels, settings, plan.channel_names)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise storage_error(out_dir, e, "cannot create the output folder") from None
+    for cid, why in inventory.redo.items():
+        log(f"redoing {why} (an incomplete output of case '{cid}')")
     records: dict[str, CaseRecord] = {r.case: r for r in inventory.skipped}
+    records.update({r.case: r for r in inventory.failed if r.case in inventory.files})  # e.g. no writer fits
     failures = list(inventory.failed)
     t_loop = t_end = time.perf_counter()
 
-    def manifest(pool: _Pool | None) -> Path:
-        return stages.write_manifest(in_dir, out_dir, inventory, records, failures, settings,
-                                     _ClusterPredictor(pool, ray_settings), started,
-                                     time.perf_counter() - t_start)
+    def manifest(pool: _Pool | None) -> tuple[Path | None, str | None]:
+        path, note = stages.try_write_manifest(in_dir, out_dir, inventory, records, failures, settings,
+                                               _ClusterPredictor(pool, ray_settings), started,
+                                               time.perf_counter() - t_start)
+        if note:
+            log(note)
+        return path, note
 
     if not inventory.todo:  # nothing to predict (all complete with --continue): no cluster needed
-        path = manifest(None)
+        path, note = manifest(None)
     else:
         with ray_cluster(ray_settings, log) as ray:
             pool = _Pool(ray, plan_workers(ray_settings, alive_nodes(ray), settings.device), str(model_dir),
@@ -550,10 +562,12 @@ def predict_folder_ray(in_dir: str | Path, out_dir: str | Path, model_dir: str |
                 t_loop = time.perf_counter()
                 try:
                     _dispatch(ray, pool, inventory.todo, ray_settings, records, failures, progress, log)
+                    stages.finish_run(out_dir, settings)
                 finally:
                     t_end = time.perf_counter()
-                    path = manifest(pool)
+                    path, note = manifest(pool)
             finally:
                 for a in pool.actors:
                     ray.kill(a)
-    return stages.summarize(inventory, records, failures, time.perf_counter() - t_start, t_end - t_loop, path)
+    return stages.summarize(inventory, records, failures, time.perf_counter() - t_start, t_end - t_loop, path,
+                            note)
