@@ -11,10 +11,10 @@ from seg3d.planning.memory import SAFETY_FACTOR, estimate_training_memory
 TOPO = Topology(((1, 3, 3), (3, 3, 3), (3, 3, 3)), ((1, 1, 1), (1, 2, 2), (2, 2, 2)), (16, 32, 64))
 
 # One real training step (forward with deep supervision, CE + softmax loss, backward, SGD step) in a fresh
-# process; prints the peak *anonymous* resident memory above that once model, optimizer and batch exist.
-# File-backed pages are left out: the library code a backward pass touches counts towards RSS, and where the
-# page cache holds libtorch in huge pages (file THP) each touched page brings 2 MB, so plain RSS read 0.45 to
-# 1.6 GB for the same step depending on what ran on the machine before (seen in the whole suite, 2026-11-30).
+# process; prints the peak resident memory above the resident memory once model, optimizer and batch exist.
+# The peak is this process's own high-water mark (VmHWM): getrusage's ru_maxrss keeps the maximum of the
+# process before execve, i.e. of the forked pytest parent, and read 0.45 to 1.6 GB for the same step inside
+# the whole suite depending on how large pytest had grown (seen 2026-11-30).
 REAL_STEP = r"""
 import json, resource, sys
 import psutil, torch
@@ -27,19 +27,18 @@ topo = Topology(((1, 3, 3), (3, 3, 3), (3, 3, 3)), ((1, 1, 1), (1, 2, 2), (2, 2,
 net = build_network(Configuration("3d_fullres", (3.0, 1.0, 1.0), patch, b, topo, patch, 0.0), 1, 3).train()
 opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.99)
 x, y = torch.randn(b, 1, *patch), torch.randint(0, 3, (b, 1, *patch))
-def status_kb(*keys):
+def status_bytes(key):
     fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
-    return sum(int(fields[k].split()[0]) * 1024 for k in keys if k in fields)
-base = status_kb("RssAnon") if sys.platform.startswith("linux") else psutil.Process().memory_info().rss
+    return int(fields[key].split()[0]) * 1024
+linux = sys.platform.startswith("linux")
+base = status_bytes("VmRSS") if linux else psutil.Process().memory_info().rss
 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=prec == "bf16"):
     outs = net(x)
     loss = sum(F.cross_entropy(o.float(), F.interpolate(y.float(), o.shape[2:]).long()[:, 0])
                + torch.softmax(o.float(), 1).mean() for o in outs)
 loss.backward()
 opt.step()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-if sys.platform.startswith("linux"):  # the peak less the file and shared pages resident now (they only grow)
-    peak -= status_kb("RssFile", "RssShmem")
+peak = status_bytes("VmHWM") if linux else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({"delta": peak - base}))
 """
 
