@@ -483,6 +483,21 @@ def write_manifest(in_dir: Path, out_dir: Path, inventory: Inventory, records: d
     return path
 
 
+def open_run(inventory: Inventory, out_dir: Path, log: Callable[[str], None]) -> tuple[dict[str, CaseRecord],
+                                                                                      list[CaseRecord]]:
+    """Every runner's start after listing: the output folder created (a storage failure names it), the outputs
+    to redo logged, and the records so far: ``({case: record} of skipped and listing-failed cases, failures)``."""
+    try:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise storage_error(Path(out_dir), e, "cannot create the output folder") from None
+    for cid, why in inventory.redo.items():
+        log(f"redoing {why} (an incomplete output of case '{cid}')")
+    records: dict[str, CaseRecord] = {r.case: r for r in inventory.skipped}
+    records.update({r.case: r for r in inventory.failed if r.case in inventory.files})  # e.g. no writer fits
+    return records, list(inventory.failed)
+
+
 def try_write_manifest(in_dir: Path, out_dir: Path, inventory: Inventory, records: dict[str, CaseRecord],
                        failures: list[CaseRecord], settings: PredictSettings, predictor, started: str,
                        seconds: float) -> tuple[Path | None, str | None]:

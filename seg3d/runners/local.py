@@ -13,7 +13,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from seg3d.atomic import storage_error
 from seg3d.core.device import precision_warning
 from seg3d.core.settings import PredictSettings, settings_from
 from seg3d.inference import stages
@@ -51,15 +50,7 @@ def predict_folder(in_dir: str | Path, out_dir: str | Path, model_dir: str | Pat
             log(predictor.backend_note)
     inventory = stages.list_inputs(in_dir, out_dir, predictor.plan.num_channels, settings,
                                    getattr(predictor.plan, "channel_names", None))
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise storage_error(out_dir, e, "cannot create the output folder") from None
-    for cid, why in inventory.redo.items():
-        log(f"redoing {why} (an incomplete output of case '{cid}')")
-    records: dict[str, CaseRecord] = {r.case: r for r in inventory.skipped}
-    records.update({r.case: r for r in inventory.failed if r.case in inventory.files})  # e.g. no writer fits
-    failures = list(inventory.failed)
+    records, failures = stages.open_run(inventory, out_dir, log)
     t_loop = time.perf_counter()
     try:
         _pipeline(inventory.todo, predictor, records, failures, progress, log)

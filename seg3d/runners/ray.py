@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from seg3d.atomic import partial_files, storage_error, write_text_atomic
+from seg3d.atomic import partial_files, write_text_atomic
 from seg3d.core.settings import PredictSettings, RaySettings, settings_from
 from seg3d.errors import Seg3dError
 from seg3d.inference import stages
@@ -532,15 +532,7 @@ def predict_folder_ray(in_dir: str | Path, out_dir: str | Path, model_dir: str |
         log(f"warning: {w}")
     plan = ModelFolder(model_dir).require().load_plan()
     inventory = stages.list_inputs(in_dir, out_dir, plan.num_channels, settings, plan.channel_names)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise storage_error(out_dir, e, "cannot create the output folder") from None
-    for cid, why in inventory.redo.items():
-        log(f"redoing {why} (an incomplete output of case '{cid}')")
-    records: dict[str, CaseRecord] = {r.case: r for r in inventory.skipped}
-    records.update({r.case: r for r in inventory.failed if r.case in inventory.files})  # e.g. no writer fits
-    failures = list(inventory.failed)
+    records, failures = stages.open_run(inventory, out_dir, log)
     t_loop = t_end = time.perf_counter()
 
     def manifest(pool: _Pool | None) -> tuple[Path | None, str | None]:
