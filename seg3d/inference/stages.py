@@ -303,11 +303,12 @@ def _merge_dicom_issues(issues: list[InputIssue], dicom: DicomListing, out_dir: 
     series the model cannot take and unreadable DICOM files are failures naming the series or file.
     """
     used = {p for s in dicom.sources for p in s.channels}
-
     top = {p for i in issues for p in i.paths}
+    # what the DICOM listing placed (series files, refused series' files, unreadable files), built once
+    placed = used | {p for _, p, _ in dicom.problems} | {p for fs in dicom.refused_files.values() for p in fs}
 
     def holds(folder: Path) -> bool:
-        return any(folder in q.parents for q in used | {p for _, p, _ in dicom.problems})
+        return any(folder in q.parents for q in placed)
 
     out = [i for i in issues
            if not (i.kind == "not an image" and i.paths[0] in used)
