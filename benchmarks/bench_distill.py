@@ -112,8 +112,10 @@ def stage_teacher(a) -> None:
         # 2-core machine it cost ~35 s per case (31 cases per fold), and the test set is scored in `compare`
         t = time.perf_counter()
         with open(work / "teacher.log", "a") as f:
-            res = train(plan, fold=k, model_dir=teacher, time_budget_min=a.budget_min, device="cpu", resume=True,
-                        validate=False, log=lambda m: print(m, file=f, flush=True))
+            budget = ({"epochs": a.steps // 50, "iters_per_epoch": 50} if a.steps
+                      else {"time_budget_min": a.budget_min})
+            res = train(plan, fold=k, model_dir=teacher, device="cpu", resume=True, validate=False,
+                        log=lambda m: print(m, file=f, flush=True), **budget)
         log(f"fold {k}: {res['epochs']} epochs, {res['steps']} steps, {time.perf_counter() - t:.0f} s")
     log("teacher done")
 
@@ -139,8 +141,10 @@ def subset_with_targets(work: Path) -> Path:
 def stage_student(a) -> None:
     work = a.work
     extra = ["--dataset", str(subset_with_targets(work))] if a.only_done_targets else []
-    cmd = [str(SEG3D), "distill", str(work / "teacher"), "-o", str(work / "student"), "--time-budget-min",
-           str(a.budget_min), "--device", "cpu", "--resume", *([] if a.teacher_tta else ["--no-tta"]), *extra]
+    budget = (["--epochs", str(a.steps // 50), "--iters-per-epoch", "50"] if a.steps
+              else ["--time-budget-min", str(a.budget_min)])
+    cmd = [str(SEG3D), "distill", str(work / "teacher"), "-o", str(work / "student"), *budget, "--device", "cpu",
+           "--resume", *([] if a.teacher_tta else ["--no-tta"]), *extra]
     sec = run(cmd, work / "student.log")
     log(f"student done: {sec:.0f} s (teacher targets + training)")
 
@@ -269,6 +273,9 @@ def main() -> None:
     ap.add_argument("--cv", type=int, default=155, help="cases in the cross-validation set (the rest: test)")
     ap.add_argument("--seed", type=int, default=14)
     ap.add_argument("--budget-min", type=float, default=5.0, help="teacher: per fold; student: in all")
+    ap.add_argument("--steps", type=int, default=0,
+                    help="a fixed number of training steps instead of --budget-min (teacher: per fold; student: in "
+                         "all; a multiple of 50): the same CPU work whatever else runs on the machine")
     ap.add_argument("--no-teacher-tta", dest="teacher_tta", action="store_false",
                     help="student stage: teacher targets without mirroring TTA (8x cheaper)")
     ap.add_argument("--only-done-targets", action="store_true",
