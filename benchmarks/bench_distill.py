@@ -143,8 +143,16 @@ def stage_student(a) -> None:
     extra = ["--dataset", str(subset_with_targets(work))] if a.only_done_targets else []
     budget = (["--epochs", str(a.steps // 50), "--iters-per-epoch", "50"] if a.steps
               else ["--time-budget-min", str(a.budget_min)])
-    cmd = [str(SEG3D), "distill", str(work / "teacher"), "-o", str(work / "student"), *budget, "--device", "cpu",
-           "--resume", *([] if a.teacher_tta else ["--no-tta"]), *extra]
+    student = work / (f"student_{a.name}" if a.name else "student")
+    if a.name and (work / "student" / "distillation" / "targets").is_dir():
+        # the same teacher's targets (their key is checked per case): computed once for every student
+        (student / "distillation").mkdir(parents=True, exist_ok=True)
+        link = student / "distillation" / "targets"
+        if not link.exists():
+            link.symlink_to(work / "student" / "distillation" / "targets")
+    cmd = [str(SEG3D), "distill", str(work / "teacher"), "-o", str(student), *budget, "--device", "cpu",
+           "--features-scale", str(a.features_scale), "--resume", *([] if a.teacher_tta else ["--no-tta"]),
+           *extra]
     sec = run(cmd, work / "student.log")
     log(f"student done: {sec:.0f} s (teacher targets + training)")
 
@@ -218,6 +226,9 @@ def stage_compare(a) -> None:
         "nnunet_5fold_tta": [str(a.nnunet_bin / "nnUNetv2_predict_from_modelfolder"), "-m", str(nn_model),
                              "-f", "0", "1", "2", "3", "4", "-device", "cpu"],
     }
+    for extra in sorted(work.glob("student_*")):  # other students (e.g. bench_distill.py student --name half)
+        if (extra / "model.json").is_file():
+            runs[f"{extra.name}_no_tta"] = [str(SEG3D), "predict", "-m", str(extra), "--no-tta", *common]
     if a.fold_dice:  # every fold alone (with TTA): the ensemble's gain over its best fold
         runs.update({f"fold{k}_tta": [str(SEG3D), "predict", "-m", str(teacher), "--folds", str(k), *common]
                      for k in range(1, 5)})
@@ -227,25 +238,37 @@ def stage_compare(a) -> None:
     if a.only:  # rerun some configurations, keep the others' figures
         res = {**json.loads((cmp_dir / "result.json").read_text()), "rerun": a.only}
         runs = {k: v for k, v in runs.items() if k in a.only.split(",")}
-    for name, cmd in runs.items():
-        out = cmp_dir / f"out_{name}"
-        shutil.rmtree(out, ignore_errors=True)
-        at = 1 if name.startswith("nnunet") else 2  # after the program (nnU-Net) or the sub-command (seg3d)
-        cmd = [*cmd[:at], "-i", str(inp), "-o", str(out), *cmd[at:]]
-        log(" ".join(cmd))
-        load0 = os.getloadavg()[0]
-        sec, gb, rc = run_tree(cmd, env)
-        if rc != 0:
-            sys.exit(f"{name} failed ({rc})")
-        d = dice_per_class(out, ids)
-        res[name] = {"s_per_case": sec / len(ids), "seconds": sec, "peak_gb": gb, "dice": d,
-                     "mean_dice": float(np.mean(list(d.values()))), "load_1min_at_start": load0}
-        log(f"{name}: {sec / len(ids):.2f} s/case, Dice {d}, mean {res[name]['mean_dice']:.4f}, load {load0:.1f}")
-        (cmp_dir / "result.json").write_text(json.dumps(res, indent=2))
+    # repetitions interleaved (every configuration once, then again): a change of load hits all of them alike;
+    # Dice comes from the first repetition (predictions are deterministic: later ones are checked equal)
+    for rep in range(a.reps):
+        for name, cmd in runs.items():
+            if rep >= (a.nnunet_reps if name.startswith("nnunet") else a.reps):
+                continue
+            out = cmp_dir / f"out_{name}"
+            shutil.rmtree(out, ignore_errors=True)
+            at = 1 if name.startswith("nnunet") else 2  # after the program (nnU-Net) or the sub-command (seg3d)
+            full = [*cmd[:at], "-i", str(inp), "-o", str(out), *cmd[at:]]
+            log(f"rep {rep}: " + " ".join(full))
+            load0 = os.getloadavg()[0]
+            sec, gb, rc = run_tree(full, env)
+            if rc != 0:
+                sys.exit(f"{name} failed ({rc})")
+            d = dice_per_class(out, ids)
+            if rep == 0:
+                res[name] = {"dice": d, "mean_dice": float(np.mean(list(d.values()))), "reps": []}
+            elif d != res[name]["dice"]:
+                sys.exit(f"{name}: repetition {rep} gave other masks than repetition 0 ({d} vs {res[name]['dice']})")
+            r = res[name]
+            r["reps"].append({"s_per_case": sec / len(ids), "seconds": sec, "peak_gb": gb, "load_1min_at_start": load0})
+            r["s_per_case"] = min(x["s_per_case"] for x in r["reps"])  # best repetition
+            r["peak_gb"] = max(x["peak_gb"] for x in r["reps"])
+            log(f"{name} rep {rep}: {sec / len(ids):.2f} s/case, Dice {d}, mean {r['mean_dice']:.4f}, load {load0:.1f}")
+            (cmp_dir / "result.json").write_text(json.dumps(res, indent=2))
     t, s0, nn = (res[k] for k in ("teacher_5fold_tta", "student_no_tta", "nnunet_5fold_tta"))
     res["goals"] = {
         "student_no_tta_minus_teacher": s0["mean_dice"] - t["mean_dice"],
         "student_speedup_vs_teacher": t["s_per_case"] / s0["s_per_case"],
+        "student_speedup_vs_teacher_per_rep": [x["s_per_case"] / y["s_per_case"] for x, y in zip(t["reps"], s0["reps"])],
         "student_speedup_vs_nnunet": nn["s_per_case"] / s0["s_per_case"],
         "student_minus_nnunet_dice": s0["mean_dice"] - nn["mean_dice"],
     }
@@ -283,6 +306,11 @@ def main() -> None:
     ap.add_argument("--test-cases", type=int, default=40, help="compare: the first N test cases")
     ap.add_argument("--tag", default="", help="compare: results in WORK/compare_TAG (e.g. unlocked)")
     ap.add_argument("--only", default="", help="compare: rerun these configurations (comma-separated)")
+    ap.add_argument("--reps", type=int, default=1, help="compare: interleaved timing repetitions of each seg3d row")
+    ap.add_argument("--nnunet-reps", type=int, default=1, help="compare: repetitions of nnU-Net's (long) row")
+    ap.add_argument("--name", default="", help="student stage: WORK/student_NAME instead of WORK/student "
+                    "(reuses WORK/student's teacher targets: same teacher, same key)")
+    ap.add_argument("--features-scale", type=float, default=1.0, help="student stage: the student's width")
     ap.add_argument("--fold-dice", action="store_true", help="compare: also folds 1-4 alone with TTA")
     ap.add_argument("--nnunet-bin", type=Path, default=REPO / ".venv" / "bin")
     ap.add_argument("--nnunet-plans", type=Path, default=Path("/work/bench_distill/nnunet/pre/Dataset004_Hippocampus"),
