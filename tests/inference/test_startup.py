@@ -6,6 +6,7 @@ import subprocess
 import sys
 from importlib import metadata
 
+
 def test_manifest_versions_do_not_import_monai():
     # importing MONAI for its version string cost 3-8 s of every seg3d predict on 2 cores
     code = ("import sys, json; from seg3d.inference.stages import versions; v = versions(); "
