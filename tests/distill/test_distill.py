@@ -100,6 +100,14 @@ def test_student_is_an_ordinary_model_folder_with_provenance(small_teacher, tmp_
 
     summary = summarize_models([student])
     assert summary["models"][0]["folds"] and summary["ensemble"] is None
+    # `seg3d export` bundles it (fold "all"), and the bundle predicts what the folder predicts
+    from seg3d.export import export_bundle
+
+    bundle = export_bundle(student, tmp_path / "bundle")
+    from_bundle = Predictor(bundle.path, device="cpu", precision="fp32").predict_case(data, geo)
+    from_folder = Predictor(student, device="cpu", backend="openvino", precision="fp32").predict_case(data, geo)
+    assert bundle.manifest().folds == ("all",)
+    np.testing.assert_array_equal(from_bundle, from_folder)
 
 
 def test_unlabelled_folder_with_a_bad_file_is_reported_and_skipped(small_teacher, phantom_dir, tmp_path):
