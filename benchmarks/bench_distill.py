@@ -242,7 +242,8 @@ def stage_compare(a) -> None:
     # Dice comes from the first repetition (predictions are deterministic: later ones are checked equal)
     for rep in range(a.reps):
         for name, cmd in runs.items():
-            if rep >= (a.nnunet_reps if name.startswith("nnunet") else a.reps):
+            dice_only = name.startswith("fold") and name not in ("fold0_no_tta", "fold0_tta")  # folds 1-4
+            if rep >= (a.nnunet_reps if name.startswith("nnunet") else 1 if dice_only else a.reps):
                 continue
             out = cmp_dir / f"out_{name}"
             shutil.rmtree(out, ignore_errors=True)
