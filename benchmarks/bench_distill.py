@@ -238,6 +238,14 @@ def stage_compare(a) -> None:
     if a.only:  # rerun some configurations, keep the others' figures
         res = {**json.loads((cmp_dir / "result.json").read_text()), "rerun": a.only}
         runs = {k: v for k, v in runs.items() if k in a.only.split(",")}
+    # warm-up, untimed: each model's one-time OpenVINO conversion (cached in its folder) on one case
+    one = cmp_dir / "warmup_input"
+    one.mkdir(exist_ok=True)
+    if not (one / inp.joinpath(f"{ids[0]}_0000.nii.gz").name).exists():
+        (one / f"{ids[0]}_0000.nii.gz").symlink_to(DATA / "imagesTr" / f"{ids[0]}_0000.nii.gz")
+    for model in sorted({c[c.index("-m") + 1] for c in runs.values() if "-m" in c and c[1] == "predict"}):
+        shutil.rmtree(cmp_dir / "warmup_output", ignore_errors=True)
+        run([str(SEG3D), "predict", "-m", model, "-i", str(one), "-o", str(cmp_dir / "warmup_output"), *common])
     # repetitions interleaved (every configuration once, then again): a change of load hits all of them alike;
     # Dice comes from the first repetition (predictions are deterministic: later ones are checked equal)
     for rep in range(a.reps):
