@@ -241,7 +241,7 @@ def stage_compare(a) -> None:
     # warm-up, untimed: each model's one-time OpenVINO conversion (cached in its folder) on one case
     one = cmp_dir / "warmup_input"
     one.mkdir(exist_ok=True)
-    if not (one / inp.joinpath(f"{ids[0]}_0000.nii.gz").name).exists():
+    if not (one / f"{ids[0]}_0000.nii.gz").exists():
         (one / f"{ids[0]}_0000.nii.gz").symlink_to(DATA / "imagesTr" / f"{ids[0]}_0000.nii.gz")
     for model in sorted({c[c.index("-m") + 1] for c in runs.values() if "-m" in c and c[1] == "predict"}):
         shutil.rmtree(cmp_dir / "warmup_output", ignore_errors=True)
