@@ -1,0 +1,209 @@
+"""int8 post-training quantization (NNCF) of a seg3d network, checked as issue 12 checks every precision.
+
+Issue 12 offers int8 "via post-training quantization (NNCF, calibrated on training cases) only if it passes the
+same agreement check" as bf16: >= 99.9% of voxels identical to torch fp32 and Dice within 0.002. This script
+tries it on a trained model folder's fold 0:
+
+1. The fold's network is converted with seg3d's own OpenVINO conversion (``find_or_convert``, the cached IR
+   ``seg3d predict --backend openvino`` uses).
+2. Calibration windows: ``--calib-cases`` TRAINING cases of fold 0 (spread evenly over ``splits.json``'s train
+   list) are preprocessed and run through seg3d's sliding window with mirroring TTA exactly as ``seg3d predict``
+   feeds the network; every window the network receives is recorded (a recording ``NetworkCall`` around the fp32
+   OpenVINO network), and ``--calib-windows`` of them, drawn at random (seed 0), calibrate ``nncf.quantize``.
+3. One quantized network per ``--quant`` variant (NNCF settings, see ``QUANT_VARIANTS``), saved as IR in
+   ``--work`` and reused by a later run with the same weights, variant and calibration.
+4. The fold-0 VALIDATION cases are predicted with torch fp32 (the reference), OpenVINO fp32 and bf16 (where the
+   CPU has native bf16) and every int8 variant, all through the seg3d Predictor (the int8 network enters through
+   the ``NetworkCall`` seam as an ``OpenVinoNetwork``), fold 0, mirroring TTA, step 0.5, no post-processing,
+   variants interleaved case by case in one process (``bench_precision.compare_variants``).
+
+A variant ``NAME@bf16`` runs the int8 network with OpenVINO's bf16 inference precision for the operations left
+unquantized (``@fp32``, the default, keeps them in fp32).
+
+Usage:
+  flock /tmp/seg3d-bench.lock .venv/bin/python benchmarks/bench_int8.py --model MODEL_DIR --cases 39 \\
+      --calib-cases 20 --calib-windows 300 --quant performance,mixed --work /tmp/int8 --json out.json
+Needs ``pip install nncf`` (not a seg3d dependency).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from bench_precision import compare_variants
+from common import REPO, validation_cases
+
+from seg3d.core.device import cpu_has_fast_bf16
+from seg3d.inference.backends import openvino as ovb
+from seg3d.inference.predictor import Predictor
+from seg3d.io.image import read_image
+
+# NNCF settings tried. performance: the default preset (symmetric int8 weights and activations) with fast bias
+# correction; mixed: asymmetric activations (the network's inputs and InstanceNorm/LeakyReLU outputs are not
+# centred on zero); full-bc: NNCF's full bias correction instead of the fast one; keep-ends: the first and the
+# last convolution stay in float (input intensities and the logits are the most sensitive tensors).
+QUANT_VARIANTS = {
+    "performance": {},
+    "mixed": {"preset": "mixed"},
+    "mixed-full-bc": {"preset": "mixed", "fast_bias_correction": False},
+    "mixed-keep-ends": {"preset": "mixed", "keep_ends": True},
+    "mixed-keep-ends-full-bc": {"preset": "mixed", "keep_ends": True, "fast_bias_correction": False},
+}
+
+
+class RecordingCall:
+    """A ``NetworkCall`` that keeps a copy of every window ``(1, C, *patch)`` float32 it receives and forwards
+    the batch to ``net``."""
+
+    def __init__(self, net):
+        self.net = net
+        self.windows: list[np.ndarray] = []
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.windows.extend(w[None].detach().cpu().numpy().copy() for w in x)
+        return self.net(x)
+
+
+def training_cases(model_dir: Path, dataset: Path, n: int) -> list[str]:
+    """``n`` fold-0 training case ids of ``model_dir``'s splits, spread evenly over the list."""
+    train = json.loads((model_dir / "splits.json").read_text())[0]["train"]
+    idx = np.unique(np.linspace(0, len(train) - 1, min(n, len(train))).round().astype(int))
+    return [train[i] for i in idx]
+
+
+def calibration_windows(model_dir: Path, dataset: Path, n_cases: int, n_windows: int) -> list[np.ndarray]:
+    """Windows as ``seg3d predict`` feeds the network (preprocessing, sliding window, mirroring TTA) on training
+    cases; ``n_windows`` of them drawn at random (seed 0) when there are more."""
+    pred = Predictor(model_dir, folds=["0"], backend="openvino", precision="fp32", postprocess=False)
+    rec = RecordingCall(pred.networks[0])
+    pred.networks = [rec]
+    for case in training_cases(model_dir, dataset, n_cases):
+        img = read_image(dataset / "imagesTr" / f"{case}_0000.nii.gz")
+        pdata, _ = pred.preprocess(img.array, img.geometry)
+        pred.predict_preprocessed(pdata)
+    windows = rec.windows
+    if len(windows) > n_windows:
+        keep = np.random.default_rng(0).choice(len(windows), n_windows, replace=False)
+        windows = [windows[i] for i in sorted(keep)]
+    print(f"calibration: {len(windows)} of {len(rec.windows)} windows from {n_cases} training cases", flush=True)
+    return windows
+
+
+def fp32_ir(model_dir: Path) -> ovb.CachedNetwork:
+    """Fold 0's network as seg3d's OpenVINO backend converts and caches it."""
+    from seg3d.core.settings import PredictSettings
+    from seg3d.inference.backends.torch import load_fold_network
+    from seg3d.inference.predictor import load_model
+
+    settings = PredictSettings(folds=["0"], backend="openvino", precision="fp32")
+    model = load_model(model_dir, settings)
+    checksum = model.folder.weights_checksum(["0"], settings.checkpoint)
+    return ovb.find_or_convert(checksum, lambda: load_fold_network(model, "0", settings.checkpoint),
+                               model.plan.num_channels, model.config.patch_size,
+                               [model.folder.conversion_cache_dir(ovb.NAME), ovb.user_cache_dir()])
+
+
+def end_convolutions(ov_model) -> list[str]:
+    """Names of the first and the last convolution of an ``openvino.Model`` (graph order)."""
+    convs = [op.get_friendly_name() for op in ov_model.get_ordered_ops() if op.get_type_name() == "Convolution"]
+    return [convs[0], convs[-1]]
+
+
+def quantize(xml: Path, windows: list[np.ndarray], variant: str, out: Path) -> float:
+    """``nncf.quantize`` the IR ``xml`` with ``windows`` under ``QUANT_VARIANTS[variant]``, saved as ``out``;
+    returns the seconds it took (0 when ``out`` already exists)."""
+    import nncf
+    import openvino as ov
+
+    if out.is_file():
+        return 0.0
+    opts = dict(QUANT_VARIANTS[variant])
+    model = ov.Core().read_model(str(xml))
+    kwargs = {"subset_size": len(windows), "fast_bias_correction": opts.get("fast_bias_correction", True)}
+    if opts.get("preset") == "mixed":
+        kwargs["preset"] = nncf.QuantizationPreset.MIXED
+    if opts.get("keep_ends"):
+        kwargs["ignored_scope"] = nncf.IgnoredScope(names=end_convolutions(model))
+    t = time.perf_counter()
+    q = nncf.quantize(model, nncf.Dataset(windows), **kwargs)
+    dt = time.perf_counter() - t
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(q, str(out), compress_to_fp16=False)
+    return dt
+
+
+def int8_predictor(model_dir: Path, xml: Path, rest: str) -> Predictor:
+    """A seg3d Predictor whose one network call is the int8 IR ``xml`` (unquantized operations in ``rest``)."""
+    pred = Predictor(model_dir, folds=["0"], backend="openvino", precision="fp32", postprocess=False)
+    pred.networks = [ovb.OpenVinoNetwork(xml, rest, torch.get_num_threads())]
+    return pred
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, required=True, help="trained seg3d model folder (fold_0, splits.json)")
+    ap.add_argument("--dataset", type=Path, default=REPO.parent / "shared/data/Dataset004_Hippocampus")
+    ap.add_argument("--cases", type=int, default=39, help="fold-0 validation cases to predict")
+    ap.add_argument("--calib-cases", type=int, default=20, help="fold-0 training cases to calibrate on")
+    ap.add_argument("--calib-windows", type=int, default=300, help="windows drawn from them (NNCF subset_size)")
+    ap.add_argument("--quant", default="performance,mixed",
+                    help=f"int8 variants, NAME[@fp32|@bf16], NAME in {', '.join(QUANT_VARIANTS)}")
+    ap.add_argument("--no-float", action="store_true", help="torch fp32 reference and int8 only")
+    ap.add_argument("--threads", type=int, default=None, help="torch and OpenVINO threads (default: torch's)")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/seg3d-int8"), help="quantized networks go here")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import nncf
+
+    entry = fp32_ir(args.model)
+    checksum = entry.folder.name.split("-")[0]
+    specs = [(v.split("@") + ["fp32"])[:2] for v in args.quant.split(",")]
+    windows = None
+    quant_s = {}
+    irs = {}
+    for name, _ in specs:
+        out = args.work / f"{checksum}-nncf{nncf.__version__}-c{args.calib_cases}w{args.calib_windows}" \
+            / name / "network.xml"
+        if not out.is_file() and windows is None:
+            windows = calibration_windows(args.model, args.dataset, args.calib_cases, args.calib_windows)
+        quant_s[name] = round(quantize(entry.xml, windows, name, out), 1)
+        irs[name] = out
+        print(f"int8 {name}: {out} (quantized in {quant_s[name]} s; 0 = reused)", flush=True)
+
+    predictors = {"torch fp32": Predictor(args.model, folds=["0"], backend="torch", precision="fp32",
+                                          postprocess=False)}
+    precisions = {"torch fp32": "fp32"}
+    if not args.no_float:
+        floats = ["fp32"] + (["bf16"] if cpu_has_fast_bf16() else [])
+        for p in floats:
+            predictors[f"openvino {p}"] = Predictor(args.model, folds=["0"], backend="openvino", precision=p,
+                                                    postprocess=False)
+            precisions[f"openvino {p}"] = p
+    for name, rest in specs:
+        label = f"openvino int8 {name}" + ("" if rest == "fp32" else f"@{rest}")
+        predictors[label] = int8_predictor(args.model, irs[name], rest)
+        precisions[label] = "int8"
+    n, rows = compare_variants(predictors, precisions, validation_cases(args.model, args.dataset, args.cases))
+    if "openvino fp32" in rows:
+        base = rows["openvino fp32"]["network_s_per_case"]
+        for row in rows.values():
+            row["network_speedup_vs_openvino_fp32"] = round(base / max(row["network_s_per_case"], 1e-9), 2)
+    result = {"cases": n, "reference": "torch fp32", "calibration": {
+                  "training_cases": training_cases(args.model, args.dataset, args.calib_cases),
+                  "windows": args.calib_windows, "quantize_s": quant_s},
+              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": cpu_has_fast_bf16(),
+              "threads": torch.get_num_threads(), "nncf": nncf.__version__, "openvino": ovb.runtime_version(),
+              "variants": rows}
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
