@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,57 +40,39 @@ from common import REPO, validation_cases
 
 from seg3d.core.device import cpu_has_fast_bf16
 from seg3d.inference.backends import openvino as ovb
+from seg3d.inference.backends import openvino_int8 as q8
 from seg3d.inference.predictor import Predictor
-from seg3d.io.image import read_image
 
-# NNCF settings tried. performance: the default preset (symmetric int8 weights and activations) with fast bias
-# correction; mixed: asymmetric activations (the network's inputs and InstanceNorm/LeakyReLU outputs are not
-# centred on zero); full-bc: NNCF's full bias correction instead of the fast one; keep-ends: the first and the
-# last convolution stay in float (input intensities and the logits are the most sensitive tensors).
+# NNCF settings tried (Calibration fields, and NNCF's fast or full bias correction). performance: the default
+# preset (symmetric int8 weights and activations); mixed: asymmetric activations (the inputs and the
+# InstanceNorm/LeakyReLU outputs are not centred on zero); full-bc: NNCF's full bias correction instead of the
+# fast one; keep-ends: the first and the last convolution stay in float (input intensities and logits are the
+# most sensitive tensors). mixed-keep-ends with 20 cases and 300 windows is what `seg3d predict --precision int8`
+# ships (seg3d.inference.backends.openvino_int8.DEFAULT_CALIBRATION).
 QUANT_VARIANTS = {
-    "performance": {},
-    "mixed": {"preset": "mixed"},
-    "mixed-full-bc": {"preset": "mixed", "fast_bias_correction": False},
-    "mixed-keep-ends": {"preset": "mixed", "keep_ends": True},
-    "mixed-keep-ends-full-bc": {"preset": "mixed", "keep_ends": True, "fast_bias_correction": False},
+    "performance": ({"preset": "performance", "keep_ends": False}, True),
+    "mixed": ({"preset": "mixed", "keep_ends": False}, True),
+    "mixed-full-bc": ({"preset": "mixed", "keep_ends": False}, False),
+    "keep-ends": ({"preset": "performance", "keep_ends": True}, True),
+    "mixed-keep-ends": ({"preset": "mixed", "keep_ends": True}, True),
+    "mixed-keep-ends-full-bc": ({"preset": "mixed", "keep_ends": True}, False),
 }
 
 
-class RecordingCall:
-    """A ``NetworkCall`` that keeps a copy of every window ``(1, C, *patch)`` float32 it receives and forwards
-    the batch to ``net``."""
+def calibration_windows(model_dir: Path, dataset: Path, calib: q8.Calibration) -> list[np.ndarray]:
+    """The product's calibration windows (:func:`q8.calibration_windows`) for fold 0 of ``model_dir``, with the
+    cases read from ``dataset``."""
+    from seg3d.core.settings import PredictSettings
+    from seg3d.inference.predictor import load_model
+    from seg3d.io.layout import load_dataset
 
-    def __init__(self, net):
-        self.net = net
-        self.windows: list[np.ndarray] = []
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self.windows.extend(w[None].detach().cpu().numpy().copy() for w in x)
-        return self.net(x)
-
-
-def training_cases(model_dir: Path, dataset: Path, n: int) -> list[str]:
-    """``n`` fold-0 training case ids of ``model_dir``'s splits, spread evenly over the list."""
-    train = json.loads((model_dir / "splits.json").read_text())[0]["train"]
-    idx = np.unique(np.linspace(0, len(train) - 1, min(n, len(train))).round().astype(int))
-    return [train[i] for i in idx]
-
-
-def calibration_windows(model_dir: Path, dataset: Path, n_cases: int, n_windows: int) -> list[np.ndarray]:
-    """Windows as ``seg3d predict`` feeds the network (preprocessing, sliding window, mirroring TTA) on training
-    cases; ``n_windows`` of them drawn at random (seed 0) when there are more."""
-    pred = Predictor(model_dir, folds=["0"], backend="openvino", precision="fp32", postprocess=False)
-    rec = RecordingCall(pred.networks[0])
-    pred.networks = [rec]
-    for case in training_cases(model_dir, dataset, n_cases):
-        img = read_image(dataset / "imagesTr" / f"{case}_0000.nii.gz")
-        pdata, _ = pred.preprocess(img.array, img.geometry)
-        pred.predict_preprocessed(pdata)
-    windows = rec.windows
-    if len(windows) > n_windows:
-        keep = np.random.default_rng(0).choice(len(windows), n_windows, replace=False)
-        windows = [windows[i] for i in sorted(keep)]
-    print(f"calibration: {len(windows)} of {len(rec.windows)} windows from {n_cases} training cases", flush=True)
+    model = load_model(model_dir, PredictSettings(folds=["0"]))
+    ids = set(q8.spread(model.folder.training_cases("0"), calib.cases))
+    cases = [c for c in load_dataset(dataset).cases if c.case_id in ids]
+    entry = fp32_ir(model_dir)
+    windows = q8.calibration_windows(model, ovb.OpenVinoNetwork(entry.xml, "fp32", torch.get_num_threads()), cases,
+                                     calib)
+    print(f"calibration: {len(windows)} windows from {len(cases)} training cases", flush=True)
     return windows
 
 
@@ -107,29 +90,16 @@ def fp32_ir(model_dir: Path) -> ovb.CachedNetwork:
                                [model.folder.conversion_cache_dir(ovb.NAME), ovb.user_cache_dir()])
 
 
-def end_convolutions(ov_model) -> list[str]:
-    """Names of the first and the last convolution of an ``openvino.Model`` (graph order)."""
-    convs = [op.get_friendly_name() for op in ov_model.get_ordered_ops() if op.get_type_name() == "Convolution"]
-    return [convs[0], convs[-1]]
-
-
-def quantize(xml: Path, windows: list[np.ndarray], variant: str, out: Path) -> float:
-    """``nncf.quantize`` the IR ``xml`` with ``windows`` under ``QUANT_VARIANTS[variant]``, saved as ``out``;
-    returns the seconds it took (0 when ``out`` already exists)."""
-    import nncf
+def quantize(xml: Path, windows: list[np.ndarray], variant: str, calib: q8.Calibration, out: Path) -> float:
+    """Quantize the IR ``xml`` with ``windows`` under ``QUANT_VARIANTS[variant]`` (seg3d's own
+    :func:`q8.quantize`), saved as ``out``; returns the seconds it took (0 when ``out`` already exists)."""
     import openvino as ov
 
     if out.is_file():
         return 0.0
-    opts = dict(QUANT_VARIANTS[variant])
-    model = ov.Core().read_model(str(xml))
-    kwargs = {"subset_size": len(windows), "fast_bias_correction": opts.get("fast_bias_correction", True)}
-    if opts.get("preset") == "mixed":
-        kwargs["preset"] = nncf.QuantizationPreset.MIXED
-    if opts.get("keep_ends"):
-        kwargs["ignored_scope"] = nncf.IgnoredScope(names=end_convolutions(model))
+    fields, fast_bc = QUANT_VARIANTS[variant]
     t = time.perf_counter()
-    q = nncf.quantize(model, nncf.Dataset(windows), **kwargs)
+    q = q8.quantize(ov.Core().read_model(str(xml)), windows, replace(calib, **fields), fast_bc)
     dt = time.perf_counter() - t
     out.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(q, str(out), compress_to_fp16=False)
@@ -161,6 +131,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     import nncf
 
+    calib = q8.Calibration(cases=args.calib_cases, windows=args.calib_windows)
     entry = fp32_ir(args.model)
     checksum = entry.folder.name.split("-")[0]
     specs = [(v.split("@") + ["fp32"])[:2] for v in args.quant.split(",")]
@@ -171,8 +142,8 @@ def main() -> None:
         out = args.work / f"{checksum}-nncf{nncf.__version__}-c{args.calib_cases}w{args.calib_windows}" \
             / name / "network.xml"
         if not out.is_file() and windows is None:
-            windows = calibration_windows(args.model, args.dataset, args.calib_cases, args.calib_windows)
-        quant_s[name] = round(quantize(entry.xml, windows, name, out), 1)
+            windows = calibration_windows(args.model, args.dataset, calib)
+        quant_s[name] = round(quantize(entry.xml, windows, name, calib, out), 1)
         irs[name] = out
         print(f"int8 {name}: {out} (quantized in {quant_s[name]} s; 0 = reused)", flush=True)
 
@@ -195,7 +166,8 @@ def main() -> None:
         for row in rows.values():
             row["network_speedup_vs_openvino_fp32"] = round(base / max(row["network_s_per_case"], 1e-9), 2)
     result = {"cases": n, "reference": "torch fp32", "calibration": {
-                  "training_cases": training_cases(args.model, args.dataset, args.calib_cases),
+                  "training_cases": q8.spread(json.loads((args.model / "splits.json").read_text())[0]["train"],
+                                          args.calib_cases),
                   "windows": args.calib_windows, "quantize_s": quant_s},
               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": cpu_has_fast_bf16(),
               "threads": torch.get_num_threads(), "nncf": nncf.__version__, "openvino": ovb.runtime_version(),

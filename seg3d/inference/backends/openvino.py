@@ -92,7 +92,11 @@ def resolve_precision(precision: str) -> str:
 
     ``auto`` is fp32 through OpenVINO on every CPU (issue 12: "fp32 through OpenVINO by default"); bf16 is opt-in
     with ``--precision bf16`` where the CPU has it natively (measured 99.996% identical voxels to torch fp32 on
-    hippocampus and about 1.5x faster than OpenVINO fp32 there, benchmarks/RESULTS.md).
+    hippocampus and about 1.5-1.8x faster than OpenVINO fp32 there, benchmarks/RESULTS.md). ``int8`` is opt-in
+    on every CPU: the network post-training quantized by NNCF on the fold's training cases
+    (:mod:`.openvino_int8`); measured on all 39 hippocampus validation cases against torch fp32: 99.966%
+    identical voxels, Dice within 0.0002, 2.3x OpenVINO fp32 and 1.3x OpenVINO bf16 on an AVX-512/VNNI CPU
+    (benchmarks/RESULTS.md, "int8"); on AVX2-only CPUs it is unmeasured.
 
     Raises:
         Seg3dError: ``fp16`` (no fast fp16 convolutions on these CPUs), or ``bf16`` on a CPU without native
