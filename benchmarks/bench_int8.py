@@ -8,8 +8,8 @@ tries it on a trained model folder's fold 0:
    ``seg3d predict --backend openvino`` uses).
 2. Calibration windows: ``--calib-cases`` TRAINING cases of fold 0 (spread evenly over ``splits.json``'s train
    list) are preprocessed and run through seg3d's sliding window with mirroring TTA exactly as ``seg3d predict``
-   feeds the network; every window the network receives is recorded (a recording ``NetworkCall`` around the fp32
-   OpenVINO network), and ``--calib-windows`` of them, drawn at random (seed 0), calibrate ``nncf.quantize``.
+   feeds the network, by seg3d's own ``openvino_int8.calibration_windows``: a recording ``NetworkCall`` keeps a
+   uniform sample (seed 0) of ``--calib-windows`` of the windows, which calibrate ``nncf.quantize``.
 3. One quantized network per ``--quant`` variant (NNCF settings, see ``QUANT_VARIANTS``), saved as IR in
    ``--work`` and reused by a later run with the same weights, variant and calibration.
 4. The fold-0 VALIDATION cases are predicted with torch fp32 (the reference), OpenVINO fp32 and bf16 (where the
@@ -69,9 +69,7 @@ def calibration_windows(model_dir: Path, dataset: Path, calib: q8.Calibration) -
     model = load_model(model_dir, PredictSettings(folds=["0"]))
     ids = set(q8.spread(model.folder.training_cases("0"), calib.cases))
     cases = [c for c in load_dataset(dataset).cases if c.case_id in ids]
-    entry = fp32_ir(model_dir)
-    windows = q8.calibration_windows(model, ovb.OpenVinoNetwork(entry.xml, "fp32", torch.get_num_threads()), cases,
-                                     calib)
+    windows = q8.calibration_windows(model, cases, calib)
     print(f"calibration: {len(windows)} windows from {len(cases)} training cases", flush=True)
     return windows
 
@@ -139,7 +137,7 @@ def main() -> None:
     quant_s = {}
     irs = {}
     for name, _ in specs:
-        out = args.work / f"{checksum}-nncf{nncf.__version__}-c{args.calib_cases}w{args.calib_windows}" \
+        out = args.work / f"{checksum}-nncf{nncf.__version__}-c{args.calib_cases}w{args.calib_windows}-{q8.SAMPLING}" \
             / name / "network.xml"
         if not out.is_file() and windows is None:
             windows = calibration_windows(args.model, args.dataset, calib)

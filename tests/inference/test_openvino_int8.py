@@ -41,25 +41,30 @@ def int8_model(tmp_path, tiny_plan, phantom_dir):
 def test_calibration_windows_are_the_sliding_windows_of_training_cases(int8_model):
     from seg3d.core.settings import PredictSettings
     from seg3d.inference.predictor import load_model
-    from seg3d.io.layout import load_dataset
+    from seg3d.inference.sliding_window import window_items
+    from seg3d.io.layout import load_dataset, read_case_images
+    from seg3d.preprocessing import preprocess_case
 
     model_dir, dataset = int8_model
     model = load_model(model_dir, PredictSettings(folds=["0"]))
     cases = q8.dataset_cases(model, model.folder.training_cases("0"))
     assert [c.case_id for c in cases] == sorted(c.case_id for c in load_dataset(dataset).cases)[:6]
-    calls = []
+    patch = model.config.patch_size
+    pdata, _, _ = preprocess_case(*read_case_images(cases[0], 1), model.plan, model.config)
+    assert all(s >= p for s, p in zip(pdata.shape[1:], patch))  # no padding: windows are plain crops
+    items = window_items(pdata.shape[1:], patch, 0.5, model.config.mirror_axes)
 
-    def net(x):
-        calls.append(x.shape)
-        return torch.zeros((x.shape[0], model.plan.num_classes, *x.shape[2:]))
-
-    calib = q8.Calibration(cases=2, windows=10 ** 6)
-    windows = q8.calibration_windows(model, net, cases[:2], calib)
-    # every window the sliding window fed (all mirrorings), one by one, in the plan's patch
-    assert len(windows) == sum(s[0] for s in calls) and len(windows) % 8 == 0
-    assert all(w.shape == (1, 1, *model.config.patch_size) and w.dtype == np.float32 for w in windows)
-    few = q8.calibration_windows(model, net, cases[:2], q8.Calibration(cases=2, windows=5))
-    assert len(few) == 5
+    windows = q8.calibration_windows(model, cases[:1], q8.Calibration(cases=1, windows=10 ** 6))
+    # every window the sliding window feeds the network (each start under all 8 mirrorings), in its order
+    assert len(windows) == len(items) and len(items) % 8 == 0
+    for w, (start, flips) in zip(windows, items):
+        crop = pdata[(slice(None), *(slice(a, a + p) for a, p in zip(start, patch)))]
+        assert w.shape == (1, 1, *patch) and w.dtype == np.float32
+        np.testing.assert_array_equal(w[0], np.flip(crop, [a + 1 for a in flips]) if flips else crop)
+    few = q8.calibration_windows(model, cases[:1], q8.Calibration(cases=1, windows=5))
+    again = q8.calibration_windows(model, cases[:1], q8.Calibration(cases=1, windows=5))
+    assert len(few) == 5 and all(np.array_equal(a, b) for a, b in zip(few, again))  # a seeded sample
+    assert all(any(np.array_equal(f, w) for w in windows) for f in few)
 
 
 def test_int8_predicts_close_to_fp32_and_is_cached(int8_model, monkeypatch):

@@ -303,6 +303,6 @@ def openvino_network_calls(model: LoadedModel, settings) -> list[OpenVinoNetwork
         if precision == "int8":
             from seg3d.inference.backends.openvino_int8 import int8_network
 
-            entry = int8_network(model, fold, entry, threads)
+            entry = int8_network(model, fold, entry)
         calls.append(OpenVinoNetwork(entry.xml, precision, threads, entry.compiled_cache(precision)))
     return calls

@@ -13,14 +13,14 @@ OpenVINO fp32) but agreed less (99.941%, lowest case 99.859%, Dice -0.0009).
 Calibration: the windows seg3d's own sliding window feeds the network (preprocessing, window grid at step 0.5,
 every mirroring of the plan's mirror axes) on up to :attr:`Calibration.cases` TRAINING cases of the fold
 (``splits.json``, spread evenly over the list), read from the training dataset recorded in the model folder;
-:attr:`Calibration.windows` of them, drawn with a fixed seed, go to NNCF. The fold's network is never calibrated
-on its validation cases.
+a uniform sample of :attr:`Calibration.windows` of them (fixed seed, bounded in memory) goes to NNCF. Collecting
+them runs no network, only preprocessing. The fold's network is never calibrated on its validation cases.
 
 Cache: the quantized network is saved beside the fp32 conversion it came from (same cache entry, so keyed by
-the weights checksum and the OpenVINO version), in ``int8-<key>/`` where ``key`` hashes the NNCF version, the
-calibration case ids and :class:`Calibration`. A cached int8 network needs neither NNCF nor the dataset.
+the weights checksum and the OpenVINO version), in ``int8-<key>/`` where ``key`` hashes the fold's training case
+ids and :class:`Calibration`. A cached int8 network needs neither NNCF nor the dataset.
 
-Raises :class:`Seg3dError` (through :func:`find_or_quantize`) when NNCF is missing, or the training dataset or
+Raises :class:`Seg3dError` (through :func:`int8_network`) when NNCF is missing, or the training dataset or
 its cases cannot be found, or the model is a bundle (it has no training cases to calibrate on).
 """
 from __future__ import annotations
@@ -37,7 +37,6 @@ import torch
 from seg3d.errors import Seg3dError
 from seg3d.inference.backends import LoadedModel
 from seg3d.inference.backends.openvino import CachedNetwork, save_network
-from seg3d.inference.network_call import NetworkCall
 
 
 @dataclass(frozen=True)
@@ -87,16 +86,27 @@ def require_nncf() -> None:
 
 
 class RecordingCall:
-    """A network call that keeps a copy of every window ``(1, C, *patch)`` float32 it is given, then forwards
-    the batch to ``net`` (so the sliding window runs as in prediction)."""
+    """A network call that keeps a uniform random sample of the windows it is given (reservoir sampling, at most
+    ``keep`` of them, ``(1, C, *window)`` float32 each) and returns zero logits for ``num_classes`` classes:
+    the sliding window then runs as in prediction without running any network (its output is not needed)."""
 
-    def __init__(self, net: NetworkCall):
-        self.net = net
+    def __init__(self, num_classes: int, keep: int, seed: int = 0):
+        self.num_classes, self.keep = int(num_classes), int(keep)
+        self.rng = np.random.default_rng(seed)
+        self.seen = 0
         self.windows: list[np.ndarray] = []
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self.windows.extend(w[None].detach().to("cpu", torch.float32).numpy().copy() for w in x)
-        return self.net(x)
+        for w in x:
+            slot = self.seen if self.seen < self.keep else int(self.rng.integers(0, self.seen + 1))
+            if slot < self.keep:
+                window = w[None].detach().to("cpu", torch.float32).numpy().copy()
+                if slot == len(self.windows):
+                    self.windows.append(window)
+                else:
+                    self.windows[slot] = window
+            self.seen += 1
+        return torch.zeros((x.shape[0], self.num_classes, *x.shape[2:]), dtype=torch.float32)
 
 
 def spread(ids: Sequence[str], n: int) -> list[str]:
@@ -106,25 +116,30 @@ def spread(ids: Sequence[str], n: int) -> list[str]:
     return [ids[i] for i in np.unique(np.linspace(0, len(ids) - 1, n).round().astype(int))]
 
 
-def calibration_windows(model: LoadedModel, fp32_call: NetworkCall, cases, calib: Calibration) -> list[np.ndarray]:
-    """The windows ``seg3d predict`` would feed the network for ``cases`` (:class:`seg3d.io.layout.Case`),
-    ``(1, C, *patch)`` float32 each (``(1, C, h, w)`` for a 2D configuration); ``calib.windows`` of them drawn
-    at random (``calib.seed``) when there are more. ``fp32_call`` runs the windows (its output is discarded)."""
+# How calibration windows are drawn (part of the cache key: a change here must not reuse old int8 networks)
+SAMPLING = "reservoir-1"
+# Calibration windows held in memory at once, at most (a CT-sized 128^3 window is 8 MB: 128 of them)
+CALIBRATION_BYTES = 1 << 30
+
+
+def calibration_windows(model: LoadedModel, cases, calib: Calibration) -> list[np.ndarray]:
+    """A uniform random sample (``calib.seed``) of the windows ``seg3d predict`` feeds the network for ``cases``
+    (:class:`seg3d.io.layout.Case`: preprocessing, sliding window at ``calib.step``, every mirroring of the
+    plan's mirror axes): ``(1, C, *patch)`` float32 each (``(1, C, h, w)`` for a 2D configuration), at most
+    ``calib.windows`` and :data:`CALIBRATION_BYTES` of them. No network runs: only the inputs are collected."""
     from seg3d.inference.sliding_window import sliding_window_predict
     from seg3d.io.layout import read_case_images
     from seg3d.preprocessing import preprocess_case
 
-    rec = RecordingCall(fp32_call)
+    window_bytes = 4 * model.plan.num_channels * int(np.prod(model.config.patch_size))
+    rec = RecordingCall(model.plan.num_classes, max(1, min(calib.windows, CALIBRATION_BYTES // window_bytes)),
+                        calib.seed)
     for case in cases:
         data, geometry = read_case_images(case, model.plan.num_channels)
         pdata, _, _ = preprocess_case(data, geometry, model.plan, model.config)
         sliding_window_predict([rec], pdata, model.config.patch_size, calib.step, model.config.mirror_axes,
                                "cpu", slice_axis=model.config.slice_axis)
-    windows = rec.windows
-    if len(windows) > calib.windows:
-        keep = np.random.default_rng(calib.seed).choice(len(windows), calib.windows, replace=False)
-        windows = [windows[i] for i in sorted(keep)]
-    return windows
+    return rec.windows
 
 
 def end_convolutions(ov_model) -> list[str]:
@@ -150,7 +165,8 @@ def quantize(ov_model, windows: list[np.ndarray], calib: Calibration, fast_bias_
 def int8_key(train_ids: Sequence[str] | None, calib: Calibration) -> str:
     """The cache key of one quantization: the fold's training cases (``None``: fold ``all``) and the settings;
     computed from the model folder alone, so a cached int8 network is found without NNCF or the dataset."""
-    blob = json.dumps({"train": "all" if train_ids is None else list(train_ids), **asdict(calib)}, sort_keys=True)
+    blob = json.dumps({"train": "all" if train_ids is None else list(train_ids), "sampling": SAMPLING,
+                       **asdict(calib)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -201,7 +217,7 @@ def dataset_cases(model: LoadedModel, case_ids: Sequence[str] | None) -> list:
     return [by_id[c] for c in case_ids]
 
 
-def int8_network(model: LoadedModel, fold: str, entry: CachedNetwork, threads: int,
+def int8_network(model: LoadedModel, fold: str, entry: CachedNetwork,
                  calib: Calibration = DEFAULT_CALIBRATION) -> CachedNetwork:
     """The int8 network of ``fold`` (fp32 conversion ``entry``): cached, or quantized now on up to
     ``calib.cases`` of the fold's training cases (needs NNCF and the training dataset; a cached one needs
@@ -210,14 +226,11 @@ def int8_network(model: LoadedModel, fold: str, entry: CachedNetwork, threads: i
     Raises:
         Seg3dError: nothing cached and NNCF or the dataset missing (:func:`dataset_cases`), no ``splits.json``.
     """
-    from seg3d.inference.backends.openvino import OpenVinoNetwork
-
     train = model.folder.training_cases(fold)
 
     def windows() -> list[np.ndarray]:
         cases = dataset_cases(model, train)
         chosen = set(spread(sorted(c.case_id for c in cases), calib.cases))
-        return calibration_windows(model, OpenVinoNetwork(entry.xml, "fp32", threads),
-                                   [c for c in cases if c.case_id in chosen], calib)
+        return calibration_windows(model, [c for c in cases if c.case_id in chosen], calib)
 
     return find_or_quantize(entry, int8_key(train, calib), windows, calib)
