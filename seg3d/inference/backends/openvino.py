@@ -94,8 +94,8 @@ def resolve_precision(precision: str) -> str:
     with ``--precision bf16`` where the CPU has it natively (measured 99.996% identical voxels to torch fp32 on
     hippocampus and about 1.5-1.8x faster than OpenVINO fp32 there, benchmarks/RESULTS.md). ``int8`` is opt-in
     on every CPU: the network post-training quantized by NNCF on the fold's training cases
-    (:mod:`.openvino_int8`); measured on all 39 hippocampus validation cases against torch fp32: 99.966%
-    identical voxels, Dice within 0.0002, 2.3x OpenVINO fp32 and 1.3x OpenVINO bf16 on an AVX-512/VNNI CPU
+    (:mod:`.openvino_int8`); measured on all 39 hippocampus validation cases against torch fp32: 99.964%
+    identical voxels, Dice within 0.0004, 2.3x OpenVINO fp32 and 1.3x OpenVINO bf16 on an AVX-512/VNNI CPU
     (benchmarks/RESULTS.md, "int8"); on AVX2-only CPUs it is unmeasured.
 
     Raises:
