@@ -67,6 +67,7 @@ def test_calibration_windows_are_the_sliding_windows_of_training_cases(int8_mode
     assert all(any(np.array_equal(f, w) for w in windows) for f in few)
 
 
+@pytest.mark.slow  # NNCF's calibration pass: ~15 s on a quiet 2-core machine, 53 s under load
 def test_int8_predicts_close_to_fp32_and_is_cached(int8_model, monkeypatch):
     model_dir, dataset = int8_model
     settings = {"folds": ["0"], "backend": "openvino", "postprocess": False, "tta": False}
