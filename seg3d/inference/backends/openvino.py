@@ -95,8 +95,8 @@ def resolve_precision(precision: str) -> str:
     hippocampus and about 1.5-1.8x faster than OpenVINO fp32 there, benchmarks/RESULTS.md). ``int8`` is opt-in
     on every CPU: the network post-training quantized by NNCF on the fold's training cases
     (:mod:`.openvino_int8`); measured on all 39 hippocampus validation cases against torch fp32: 99.964%
-    identical voxels, Dice within 0.0004, 2.3x OpenVINO fp32 and 1.3x OpenVINO bf16 on an AVX-512/VNNI CPU
-    (benchmarks/RESULTS.md, "int8"); on AVX2-only CPUs it is unmeasured.
+    identical voxels, Dice within 0.0004, 1.9-2.3x OpenVINO fp32 and 1.07-1.28x OpenVINO bf16 on an AVX-512/VNNI
+    CPU, 1.6x OpenVINO fp32 with the same CPU held to AVX2 (benchmarks/RESULTS.md, "int8").
 
     Raises:
         Seg3dError: ``fp16`` (no fast fp16 convolutions on these CPUs), or ``bf16`` on a CPU without native

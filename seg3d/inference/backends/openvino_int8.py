@@ -6,9 +6,10 @@ with the first and the last convolution kept in float (the raw normalized intens
 tensors quantization hurts most); the operations left in float run in fp32. Measured (benchmarks/RESULTS.md,
 "int8") on a hippocampus model, all 39 fold-0 validation cases, mirroring TTA, against torch fp32, AVX-512 CPU
 with VNNI: 99.964% identical voxels (lowest case 99.927%), Dice -0.0004/+0.0001 (99.966% with another
-calibration sample), network 2.32x OpenVINO fp32 and 1.28x OpenVINO bf16 (8.1x torch fp32; 2 threads). That
-meets issue 12's goal for a lower precision (>= 99.9%, Dice within 0.002). NNCF's default preset quantizing every convolution was slightly faster (2.58x
-OpenVINO fp32) but agreed less (99.941%, lowest case 99.859%, Dice -0.0009).
+calibration sample), network 2.32x OpenVINO fp32 and 1.28x OpenVINO bf16 (8.1x torch fp32; 2 threads; 1.89x and
+1.07x in a noisier run; 1.61x OpenVINO fp32 with the CPU held to AVX2). That meets issue 12's goal for a lower
+precision (>= 99.9%, Dice within 0.002). NNCF's default preset quantizing every convolution was slightly faster
+(2.58x OpenVINO fp32) but agreed less (99.941%, lowest case 99.859%, Dice -0.0009).
 
 Calibration: the windows seg3d's own sliding window feeds the network (preprocessing, window grid at step 0.5,
 every mirroring of the plan's mirror axes) on up to :attr:`Calibration.cases` TRAINING cases of the fold
