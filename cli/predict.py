@@ -29,7 +29,9 @@ def register(app: typer.Typer) -> None:
                                   "slightly lower Dice."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
         precision: str = typer.Option("auto", "--precision", help="auto (fp16 on CUDA, bf16 on CPUs with native "
-                                      "bf16, else fp32), fp32, bf16 or fp16."),
+                                      "bf16, else fp32; fp32 with OpenVINO), fp32, bf16, fp16, or int8 (--backend "
+                                      "openvino: quantized with NNCF on the fold's training cases on first use, "
+                                      "then cached)."),
         save_probabilities: bool = typer.Option(False, "--save-probabilities", help="Also write "
                                                 "<case>.npz with float16 class probabilities."),
         postprocess: bool = typer.Option(True, "--postprocess/--no-postprocess", help="Apply the "

@@ -15,6 +15,9 @@ if TYPE_CHECKING:  # torch is imported inside the functions: `seg3d --help` and 
     import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Prediction also offers int8: an NNCF-quantized network, run by the OpenVINO backend only
+# (seg3d.inference.backends.openvino_int8).
+PREDICT_PRECISIONS = PRECISIONS + ("int8",)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -34,14 +37,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_precision(name: str) -> None:
-    """A precision name the user gave, checked before any work.
+def check_precision(name: str, allowed: tuple[str, ...] = PRECISIONS) -> None:
+    """A precision name the user gave, checked before any work (``allowed``: :data:`PRECISIONS` for training,
+    :data:`PREDICT_PRECISIONS` for prediction).
 
     Raises:
-        Seg3dError: not one of :data:`PRECISIONS`.
+        Seg3dError: not one of ``allowed``.
     """
-    if name not in PRECISIONS:
-        raise Seg3dError(f"precision must be one of {', '.join(PRECISIONS)}, got '{name}'")
+    if name not in allowed:
+        raise Seg3dError(f"precision must be one of {', '.join(allowed)}, got '{name}'")
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
@@ -49,9 +53,15 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
 
     ``auto``: fp16 on CUDA; bf16 on CPUs whose oneDNN has native bf16 kernels, otherwise float32 (emulated
     bf16 convolutions are two orders of magnitude slower than float32, measured on AVX2-only CPUs).
+
+    Raises:
+        Seg3dError: an unknown name, or ``int8`` (a quantized network, which only the OpenVINO backend runs).
     """
     import torch
 
+    if name == "int8":
+        raise Seg3dError("--precision int8 runs an NNCF-quantized network through OpenVINO on the CPU: use "
+                         "--backend openvino --device cpu (pip install 'seg3d[openvino]'), or fp32/bf16/auto")
     check_precision(name)
     if name == "fp32":
         return None

@@ -193,6 +193,28 @@ class ModelFolder:
             raise Seg3dError("malformed post-processing file (not a JSON object)", path)
         return d
 
+    def training_cases(self, fold: int | str) -> list[str] | None:
+        """The case ids fold ``fold`` was trained on, from ``splits.json``; ``None`` for fold ``all`` (every case
+        of the dataset).
+
+        Raises:
+            Seg3dError: ``splits.json`` missing or malformed, or without that fold.
+        """
+        if str(fold) == "all":
+            return None
+        path = self.splits_json
+        try:
+            splits = json.loads(path.read_text())
+            train = splits[int(fold)]["train"]
+        except FileNotFoundError:
+            raise Seg3dError(f"no splits.json: the cases fold {fold} was trained on are unknown", self.path) \
+                from None
+        except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
+            raise Seg3dError(f"no training cases for fold {fold} ({type(e).__name__}: {e})", path) from None
+        if not isinstance(train, list) or not train:
+            raise Seg3dError(f"fold {fold} has no training cases", path)
+        return [str(c) for c in train]
+
     def load_validation_summary(self, fold: int | str) -> dict | None:
         return self.read_json(self.validation_summary(fold))
 

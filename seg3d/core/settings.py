@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from seg3d.core.device import check_precision
+from seg3d.core.device import PREDICT_PRECISIONS, check_precision
 from seg3d.core.folds import ALL_AVAILABLE, parse_folds
 from seg3d.core.model_folder import check_checkpoint_kind
 from seg3d.errors import Seg3dError
@@ -112,7 +112,8 @@ class PredictSettings:
         folds: ``"all-available"`` or fold names (anything :func:`seg3d.core.folds.parse_folds` accepts).
         tta: mirroring test-time augmentation over the plan's mirror axes.
         step: window step as a fraction of the patch, in (0, 1] (0.5 = half-overlapping).
-        device / precision: as in :class:`TrainSettings`.
+        device / precision: as in :class:`TrainSettings`; prediction also offers ``int8`` with the OpenVINO
+            backend (:mod:`seg3d.inference.backends.openvino_int8`).
         checkpoint: ``final``, ``best`` or ``latest``.
         postprocess: apply the connected-component rule the model's cross-validation accepted.
         save_probabilities: also write ``<case>.npz`` (float16 probabilities, input grid).
@@ -156,7 +157,7 @@ class PredictSettings:
         if not 0.0 < float(self.step) <= 1.0:
             raise Seg3dError(f"step must be in (0, 1], got {self.step}")
         object.__setattr__(self, "step", float(self.step))
-        check_precision(self.precision)
+        check_precision(self.precision, PREDICT_PRECISIONS)
         check_checkpoint_kind(self.checkpoint)
         if self.num_parts < 1 or not 0 <= self.part_id < self.num_parts:
             raise Seg3dError(f"--part-id must be in 0..{self.num_parts - 1} and --num-parts >= 1 "

@@ -245,10 +245,12 @@ class CaseWorker:
         if self.predictor is not None:
             from seg3d.core.device import precision_warning, resolve_precision
 
-            dtype = resolve_precision(self.predictor.precision, self.predictor.device)
-            out.update(device=str(self.predictor.device),
-                       precision=str(dtype).replace("torch.", "") if dtype is not None else "float32",
-                       predictor=self.predictor.describe())
+            if self.predictor.backend == "torch":
+                dtype = resolve_precision(self.predictor.precision, self.predictor.device)
+                precision = str(dtype).replace("torch.", "") if dtype is not None else "float32"
+            else:  # the runtime's own rule (OpenVINO: fp32 unless bf16 or int8 was asked for)
+                precision = self.predictor.precision
+            out.update(device=str(self.predictor.device), precision=precision, predictor=self.predictor.describe())
             warning = precision_warning(self.predictor.precision, self.predictor.device)
             if warning:
                 out["warning"] = warning
