@@ -1,6 +1,8 @@
 """The OpenVINO network call: conversion agrees with torch, dynamic shapes, the conversion cache, precision."""
 from __future__ import annotations
 
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -106,3 +108,47 @@ def test_missing_runtime_is_a_clear_error(monkeypatch):
     assert not ovb.available()
     with pytest.raises(Seg3dError, match=r"pip install 'seg3d\[openvino\]'"):
         ovb.require()
+
+
+def test_conversion_is_announced_with_its_cache_and_time_on_a_miss_only(tiny_plan, tmp_path):
+    """A first use converts (seconds to a minute): one line before naming the cache, its time after, through
+    the library's log (default: the ``seg3d`` logger the CLI prints); a cached model says nothing."""
+    import logging
+
+    from inference_helpers import make_model_dir
+
+    from seg3d.inference.predictor import Predictor
+
+    model = make_model_dir(tmp_path / "model", tiny_plan, folds=(0, 1))
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    logger, handler = logging.getLogger("seg3d"), Collect()
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        Predictor(model, device="cpu", backend="openvino", precision="fp32")
+        cache = model / "openvino_cache"
+        entries = sorted(p.name for p in cache.iterdir())
+        assert len(entries) == 2 and len(lines) == 4, lines
+        for k, fold in enumerate(("0", "1")):
+            before, after = lines[2 * k], lines[2 * k + 1]
+            assert before.startswith(f"converting fold {fold} to OpenVINO IR once for this model; cached in ")
+            assert before.split("cached in ")[1].startswith(str(cache)) and \
+                before.rsplit("/", 1)[1] in entries
+            assert re.fullmatch(rf"converted fold {fold} to OpenVINO IR in \d+\.\d s", after), after
+        lines.clear()
+        own: list[str] = []
+        Predictor(model, device="cpu", backend="openvino", precision="fp32", log=own.append)
+        assert lines == [] and own == []  # a cache hit is silent
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    # the log given to the Predictor gets the lines (the batch runner passes its own)
+    shutil.rmtree(cache)
+    Predictor(model, device="cpu", backend="openvino", precision="fp32", folds=[1], log=own.append)
+    assert len(own) == 2 and own[0].startswith("converting fold 1 ") and own[1].startswith("converted fold 1 ")

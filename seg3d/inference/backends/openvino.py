@@ -25,6 +25,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ import torch
 
 from seg3d.errors import Seg3dError
 from seg3d.inference.backends import LoadedModel, register_backend
+from seg3d.progress import LogFn, log_info
 
 NAME = "openvino"
 IR_NAME = "network"
@@ -177,11 +179,14 @@ class CachedNetwork:
 
 
 def find_or_convert(weights_checksum: str, build: Callable[[], torch.nn.Module], in_channels: int,
-                    patch: Sequence[int], cache_roots: Sequence[Path]) -> CachedNetwork:
+                    patch: Sequence[int], cache_roots: Sequence[Path], *, log: LogFn = log_info,
+                    what: str = "the network") -> CachedNetwork:
     """The cached IR of a network, converting it (``build()`` gives the torch module) on a miss.
 
     ``cache_roots`` are tried in order: an existing entry in any of them is used; a new one is written in the
     first that can be written (temporary folder, then rename: a killed conversion leaves nothing behind).
+    A conversion takes seconds to a minute, so it is announced through ``log`` (``what``: e.g. ``fold 0``)
+    with the cache folder before, and its seconds after; a cache hit logs nothing.
 
     Raises:
         Seg3dError: none of ``cache_roots`` can be written.
@@ -197,6 +202,8 @@ def find_or_convert(weights_checksum: str, build: Callable[[], torch.nn.Module],
                          + ", ".join(str(r) for r in cache_roots))
     import openvino as ov
 
+    log(f"converting {what} to OpenVINO IR once for this model; cached in {root / name}")
+    t0 = time.perf_counter()
     model = convert_network(build(), in_channels, patch)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
     try:
@@ -208,6 +215,7 @@ def find_or_convert(weights_checksum: str, build: Callable[[], torch.nn.Module],
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    log(f"converted {what} to OpenVINO IR in {time.perf_counter() - t0:.1f} s")
     return CachedNetwork(root / name, True)
 
 
@@ -252,8 +260,9 @@ class OpenVinoNetwork:
 def openvino_network_calls(model: LoadedModel, settings) -> list[OpenVinoNetwork]:
     """One compiled OpenVINO network per fold of ``model``, in ``settings.precision`` (:func:`resolve_precision`).
 
-    A model folder's checkpoints are converted once (cached, see :func:`find_or_convert`); a bundle's
-    networks are read as they are. Threads: torch's intra-op count, which the CLI sets (``set_threads``).
+    A model folder's checkpoints are converted once (cached, see :func:`find_or_convert`; a conversion is
+    announced through ``model.log``); a bundle's networks are read as they are. Threads: torch's intra-op count,
+    which the CLI sets (``set_threads``).
 
     Raises:
         Seg3dError: OpenVINO missing, a non-CPU device, a precision OpenVINO cannot honour here.
@@ -275,6 +284,7 @@ def openvino_network_calls(model: LoadedModel, settings) -> list[OpenVinoNetwork
     for fold in model.folds:
         checksum = model.folder.weights_checksum([fold], settings.checkpoint)
         entry = find_or_convert(checksum, lambda f=fold: load_fold_network(model, f, settings.checkpoint),
-                                model.plan.num_channels, model.config.patch_size, roots)
+                                model.plan.num_channels, model.config.patch_size, roots, log=model.log,
+                                what=f"fold {fold}")
         calls.append(OpenVinoNetwork(entry.xml, precision, threads, entry.compiled_cache(precision)))
     return calls
