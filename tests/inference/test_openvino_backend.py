@@ -46,6 +46,52 @@ def test_fp32_matches_torch_for_any_batch_and_window(tiny_net, converted):
         assert float((out - ref).abs().max()) < 1e-3 * max(1.0, float(ref.abs().max()))
 
 
+def _runtime_output(call, x):
+    """What OpenVINO gives on a request of its own that allocates the output (the copy it used to return)."""
+    request = call.compiled.create_infer_request()
+    request.infer({0: x.numpy()})
+    return torch.from_numpy(request.get_output_tensor(0).data.copy())
+
+
+def test_calls_are_bit_identical_to_the_runtime_and_own_their_output_when_batch_and_window_change(converted):
+    """The input is shared with OpenVINO and the output copied once: results are bit-identical to the runtime's
+    own output whatever the order of batch and window changes, and an output handed out earlier is never
+    overwritten by a later call (the runtime reuses its output buffer)."""
+    _, entry = converted
+    call = ovb.OpenVinoNetwork(entry.xml, "fp32", threads=1)
+    torch.manual_seed(1)
+    shapes = [(2, 1, 8, 32, 32)] * 3 + [(5, 1, 8, 32, 32), (1, 1, 16, 48, 40), (2, 1, 8, 32, 32),
+                                        (1, 1, 16, 48, 40), (5, 1, 8, 32, 32), (1, 1, 8, 32, 32)] * 2
+    kept = []
+    for shape in shapes:
+        x = torch.randn(shape)
+        x_before = x.clone()
+        out = call(x)
+        assert out.shape == (shape[0], 4, *shape[2:]) and out.dtype == torch.float32 and out.is_contiguous()
+        assert torch.equal(out, _runtime_output(call, x)) and torch.equal(x, x_before)
+        kept.append((out, out.clone()))
+    assert all(torch.equal(a, b) for a, b in kept)
+    # a non-contiguous input (a mirrored view) gives what its contiguous copy gives
+    x = torch.randn(2, 1, 8, 32, 32)
+    assert torch.equal(call(x.transpose(3, 4)), _runtime_output(call, x.transpose(3, 4).contiguous()))
+
+
+def test_an_output_shape_other_than_the_input_window_is_copied_not_missed(tmp_path):
+    """A network whose output window differs from its input's (unpadded convolution): the output shape comes
+    from the runtime, never assumed from the input's."""
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 3, 3), torch.nn.ReLU()).eval()
+    entry = ovb.find_or_convert(ovb.state_dict_checksum(net.state_dict()), lambda: net, 1, (8, 16, 16),
+                                [tmp_path], log=lambda _m: None)
+    call = ovb.OpenVinoNetwork(entry.xml, "fp32", threads=1)
+    for _ in range(3):
+        x = torch.randn(2, 1, 8, 16, 16)
+        with torch.no_grad():
+            ref = net(x)
+        out = call(x)
+        assert out.shape == (2, 3, 6, 14, 14)
+        assert float((out - ref).abs().max()) < 1e-4
+
+
 def test_conversion_is_cached_by_weights_and_runtime_version(tiny_net, converted):
     root, entry = converted
     assert entry.converted_now and entry.xml.is_file() and entry.xml.with_suffix(".bin").is_file()

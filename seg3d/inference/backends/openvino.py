@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from seg3d.errors import Seg3dError
@@ -225,6 +224,13 @@ class OpenVinoNetwork:
     ``__call__(x)``: ``x`` ``(B, C, *window)`` float32 (any batch size and window shape) -> logits
     ``(B, K, *window)`` float32 on the CPU. Not thread-safe (one inference request); one per thread.
 
+    One copy: the input's memory is handed to OpenVINO as it is (``share_inputs``), and the output is copied
+    once out of the runtime's own buffer (``share_outputs`` gives a view of it, which the next call overwrites;
+    the copy makes the returned logits the caller's). Before, ``infer`` copied the outputs into its result and
+    the call copied them again: two copies of 124 MB per pass for 118 classes and a 64³ window. A buffer of
+    seg3d's handed to the request as its output (``set_output_tensor``) was measured slower still on this CPU
+    plugin with dynamic shapes (benchmarks/RESULTS.md, issue 12, "One network call").
+
     Args:
         model: an ``openvino.Model`` or the path of an IR (``.xml``) or ONNX file.
         precision: ``fp32`` or ``bf16`` (already resolved, see :func:`resolve_precision`).
@@ -251,9 +257,9 @@ class OpenVinoNetwork:
         self._request = self.compiled.create_infer_request()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        arr = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-        self._request.infer({0: arr})
-        return torch.from_numpy(self._request.get_output_tensor(0).data.copy())
+        x = x.detach().to("cpu", torch.float32).contiguous()
+        result = self._request.infer({0: x.numpy()}, share_inputs=True, share_outputs=True)
+        return torch.from_numpy(result[0]).clone()
 
 
 @register_backend(NAME)
