@@ -224,24 +224,26 @@ class OpenVinoNetwork:
     ``__call__(x)``: ``x`` ``(B, C, *window)`` float32 (any batch size and window shape) -> logits
     ``(B, K, *window)`` float32 on the CPU. Not thread-safe (one inference request); one per thread.
 
-    One copy: the input's memory is handed to OpenVINO as it is (``share_inputs``), and the output is copied
-    once out of the runtime's own buffer (``share_outputs`` gives a view of it, which the next call overwrites;
-    the copy makes the returned logits the caller's). Before, ``infer`` copied the outputs into its result and
-    the call copied them again: two copies of 124 MB per pass for 118 classes and a 64³ window. A buffer of
-    seg3d's handed to the request as its output (``set_output_tensor``) was measured slower still on this CPU
-    plugin with dynamic shapes (benchmarks/RESULTS.md, issue 12, "One network call").
+    No copies: the input's memory is handed to OpenVINO as it is (``share_inputs``) and the logits are a view of
+    the runtime's output buffer (``share_outputs``), which the next call overwrites: seg3d's sliding window turns
+    each call's logits into probabilities before its next call. ``copy_output=True`` returns a copy the caller
+    owns instead. Before, ``infer`` copied the outputs into its result and the call copied them again: two
+    copies per pass, 124 MB each for 118 classes and a 64³ window, 495 MB each for a 64×128×128 window. A
+    buffer of seg3d's set as the request's output (``set_output_tensor``) was measured slower on this CPU plugin
+    with dynamic shapes (benchmarks/RESULTS.md, issue 12, "One network call").
 
     Args:
         model: an ``openvino.Model`` or the path of an IR (``.xml``) or ONNX file.
         precision: ``fp32`` or ``bf16`` (already resolved, see :func:`resolve_precision`).
         threads: inference threads (``None``: the CPUs this process may use).
         compiled_cache: folder for OpenVINO's compiled-model cache (``None``: none).
+        copy_output: return logits the caller owns (a copy) rather than a view valid until the next call.
     """
 
     device = torch.device("cpu")
 
     def __init__(self, model, precision: str = "fp32", threads: int | None = None,
-                 compiled_cache: Path | None = None):
+                 compiled_cache: Path | None = None, copy_output: bool = False):
         if precision not in _OV_TYPES:
             raise ValueError(f"OpenVINO precision must be fp32 or bf16, got '{precision}'")
         core = _core()
@@ -255,11 +257,13 @@ class OpenVinoNetwork:
             config["CACHE_DIR"] = str(compiled_cache)
         self.compiled = core.compile_model(model, "CPU", config)
         self._request = self.compiled.create_infer_request()
+        self.copy_output = bool(copy_output)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.detach().to("cpu", torch.float32).contiguous()
         result = self._request.infer({0: x.numpy()}, share_inputs=True, share_outputs=True)
-        return torch.from_numpy(result[0]).clone()
+        out = torch.from_numpy(result[0])
+        return out.clone() if self.copy_output else out
 
 
 @register_backend(NAME)
