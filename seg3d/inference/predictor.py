@@ -27,6 +27,7 @@ from seg3d.io.image import Geometry
 from seg3d.io.writers import OutputContext
 from seg3d.postprocessing import PostprocessingRule
 from seg3d.preprocessing import indices_to_labels, preprocess_case, revert_to_original
+from seg3d.progress import LogFn, log_info
 
 # SimpleITK imported inside the functions that use it: `seg3d --help`, `seg3d check` and `seg3d plan` stay fast
 
@@ -50,6 +51,8 @@ class Predictor:
         settings: :class:`~seg3d.core.settings.PredictSettings`; keyword arguments replace its fields
             (``Predictor(m, folds=[0], tta=False)``). Only the model-level fields matter here (folds, config,
             checkpoint, device, precision, backend, tta, step, postprocess); the batch fields are the runner's.
+        log: where loading reports (default: the ``seg3d`` logger), e.g. OpenVINO's one-time conversion of a
+            fold (seconds to a minute), announced before it starts and timed after.
 
     Raises:
         Seg3dError: missing folder or fold, a checkpoint that does not fit the plan, a bad setting.
@@ -60,10 +63,10 @@ class Predictor:
     """
 
     def __init__(self, model_dir: str | Path | ModelFolder | Bundle, settings: PredictSettings | None = None,
-                 **overrides: Any):
+                 *, log: LogFn = log_info, **overrides: Any):
         self.settings = settings_from(PredictSettings, settings, overrides)
         s = self.settings
-        model = load_model(model_dir, s)
+        model = load_model(model_dir, s, log)
         self.folder, self.model_dir = model.folder, model.folder.path
         self._context: OutputContext | None = None
         self.info, self.plan = model.info, model.plan
@@ -221,9 +224,10 @@ def open_model_folder(path: str | Path | ModelFolder | Bundle) -> ModelFolder | 
     return Bundle(path).require() if is_bundle(path) else ModelFolder(path).require()
 
 
-def load_model(model_dir: str | Path | ModelFolder | Bundle, settings: PredictSettings):
+def load_model(model_dir: str | Path | ModelFolder | Bundle, settings: PredictSettings,
+               log: LogFn = log_info):
     """What a backend needs (:class:`~seg3d.inference.backends.LoadedModel`): plan, configuration, the folds
-    ``settings`` choose, the device; no network is loaded yet.
+    ``settings`` choose, the device, where the backend reports (``log``); no network is loaded yet.
 
     Raises:
         Seg3dError: missing folder, plan or fold; a configuration the plan lacks; a bad device.
@@ -235,7 +239,7 @@ def load_model(model_dir: str | Path | ModelFolder | Bundle, settings: PredictSe
     config_name = settings.config or info.config
     folds = _resolve_folds(folder, settings.folds, settings.checkpoint)
     return LoadedModel(folder, plan, info, config_name, plan.config(config_name), tuple(folds),
-                       resolve_device(settings.device))
+                       resolve_device(settings.device), log)
 
 
 def _resolve_folds(folder: ModelFolder | Bundle, folds, checkpoint: str) -> list[str]:

@@ -41,7 +41,7 @@ def predict_folder(in_dir: str | Path, out_dir: str | Path, model_dir: str | Pat
     for w in preflight(in_dir, out_dir):  # before any model is loaded
         log(f"warning: {w}")
     if predictor is None:
-        predictor = Predictor(model_dir, settings)
+        predictor = Predictor(model_dir, settings, log=log)
         warning = precision_warning(predictor.precision, predictor.device) if predictor.backend == "torch" \
             else None
         if warning:

@@ -1,6 +1,8 @@
 """The OpenVINO network call: conversion agrees with torch, dynamic shapes, the conversion cache, precision."""
 from __future__ import annotations
 
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,56 @@ def test_fp32_matches_torch_for_any_batch_and_window(tiny_net, converted):
         out = call(x)
         assert out.shape == ref.shape and out.dtype == torch.float32
         assert float((out - ref).abs().max()) < 1e-3 * max(1.0, float(ref.abs().max()))
+
+
+def _runtime_output(call, x):
+    """What OpenVINO gives on a request of its own that allocates the output (the copy it used to return)."""
+    request = call.compiled.create_infer_request()
+    request.infer({0: x.numpy()})
+    return torch.from_numpy(request.get_output_tensor(0).data.copy())
+
+
+@pytest.mark.parametrize("copy_output", [False, True])
+def test_calls_are_bit_identical_to_the_runtime_when_batch_and_window_change(converted, copy_output):
+    """Input shared with OpenVINO, output a view of its buffer (or copied once): results are bit-identical to
+    the runtime's own output whatever the order of batch and window changes; with ``copy_output`` an output
+    handed out earlier is never overwritten by a later call."""
+    _, entry = converted
+    call = ovb.OpenVinoNetwork(entry.xml, "fp32", threads=1, copy_output=copy_output)
+    torch.manual_seed(1)
+    shapes = [(2, 1, 8, 32, 32)] * 3 + [(5, 1, 8, 32, 32), (1, 1, 16, 48, 40), (2, 1, 8, 32, 32),
+                                        (1, 1, 16, 48, 40), (5, 1, 8, 32, 32), (1, 1, 8, 32, 32)] * 2
+    kept = []
+    for shape in shapes:
+        x = torch.randn(shape)
+        x_before = x.clone()
+        out = call(x)
+        assert out.shape == (shape[0], 4, *shape[2:]) and out.dtype == torch.float32 and out.is_contiguous()
+        assert torch.equal(out, _runtime_output(call, x)) and torch.equal(x, x_before)
+        kept.append((out, out.clone()))
+    if copy_output:
+        assert all(torch.equal(a, b) for a, b in kept)
+    else:  # no copy: the last output is the runtime's own buffer
+        assert kept[-1][0].data_ptr() == call._request.get_output_tensor(0).data.ctypes.data
+    # a non-contiguous input (a mirrored view) gives what its contiguous copy gives
+    x = torch.randn(2, 1, 8, 32, 32)
+    assert torch.equal(call(x.transpose(3, 4)), _runtime_output(call, x.transpose(3, 4).contiguous()))
+
+
+def test_an_output_shape_other_than_the_input_window_is_copied_not_missed(tmp_path):
+    """A network whose output window differs from its input's (unpadded convolution): the output shape comes
+    from the runtime, never assumed from the input's."""
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 3, 3), torch.nn.ReLU()).eval()
+    entry = ovb.find_or_convert(ovb.state_dict_checksum(net.state_dict()), lambda: net, 1, (8, 16, 16),
+                                [tmp_path], log=lambda _m: None)
+    call = ovb.OpenVinoNetwork(entry.xml, "fp32", threads=1)
+    for _ in range(3):
+        x = torch.randn(2, 1, 8, 16, 16)
+        with torch.no_grad():
+            ref = net(x)
+        out = call(x)
+        assert out.shape == (2, 3, 6, 14, 14)
+        assert float((out - ref).abs().max()) < 1e-4
 
 
 def test_conversion_is_cached_by_weights_and_runtime_version(tiny_net, converted):
@@ -106,3 +158,47 @@ def test_missing_runtime_is_a_clear_error(monkeypatch):
     assert not ovb.available()
     with pytest.raises(Seg3dError, match=r"pip install 'seg3d\[openvino\]'"):
         ovb.require()
+
+
+def test_conversion_is_announced_with_its_cache_and_time_on_a_miss_only(tiny_plan, tmp_path):
+    """A first use converts (seconds to a minute): one line before naming the cache, its time after, through
+    the library's log (default: the ``seg3d`` logger the CLI prints); a cached model says nothing."""
+    import logging
+
+    from inference_helpers import make_model_dir
+
+    from seg3d.inference.predictor import Predictor
+
+    model = make_model_dir(tmp_path / "model", tiny_plan, folds=(0, 1))
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    logger, handler = logging.getLogger("seg3d"), Collect()
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        Predictor(model, device="cpu", backend="openvino", precision="fp32")
+        cache = model / "openvino_cache"
+        entries = sorted(p.name for p in cache.iterdir())
+        assert len(entries) == 2 and len(lines) == 4, lines
+        for k, fold in enumerate(("0", "1")):
+            before, after = lines[2 * k], lines[2 * k + 1]
+            assert before.startswith(f"converting fold {fold} to OpenVINO IR once for this model; cached in ")
+            assert before.split("cached in ")[1].startswith(str(cache)) and \
+                before.rsplit("/", 1)[1] in entries
+            assert re.fullmatch(rf"converted fold {fold} to OpenVINO IR in \d+\.\d s", after), after
+        lines.clear()
+        own: list[str] = []
+        Predictor(model, device="cpu", backend="openvino", precision="fp32", log=own.append)
+        assert lines == [] and own == []  # a cache hit is silent
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    # the log given to the Predictor gets the lines (the batch runner passes its own)
+    shutil.rmtree(cache)
+    Predictor(model, device="cpu", backend="openvino", precision="fp32", folds=[1], log=own.append)
+    assert len(own) == 2 and own[0].startswith("converting fold 1 ") and own[1].startswith("converted fold 1 ")

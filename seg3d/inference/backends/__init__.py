@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from seg3d.errors import Seg3dError
+from seg3d.progress import LogFn, log_info
 
 if TYPE_CHECKING:
     import torch
@@ -29,7 +30,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """What a backend needs to build its network calls: the folder, its plan and the chosen folds."""
+    """What a backend needs to build its network calls: the folder, its plan and the chosen folds, and where
+    to report (``log``: e.g. OpenVINO's one-time conversion; default the ``seg3d`` logger)."""
 
     folder: ModelFolder | Bundle
     plan: Plan
@@ -38,6 +40,7 @@ class LoadedModel:
     config: Configuration
     folds: tuple[str, ...]
     device: torch.device
+    log: LogFn = log_info
 
 
 BackendFactory = Callable[[LoadedModel, "PredictSettings"], "list[NetworkCall]"]

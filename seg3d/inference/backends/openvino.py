@@ -26,17 +26,18 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from seg3d.errors import Seg3dError
 from seg3d.inference.backends import LoadedModel, register_backend
+from seg3d.progress import LogFn, log_info
 
 NAME = "openvino"
 IR_NAME = "network"
@@ -184,11 +185,14 @@ class CachedNetwork:
 
 
 def find_or_convert(weights_checksum: str, build: Callable[[], torch.nn.Module], in_channels: int,
-                    patch: Sequence[int], cache_roots: Sequence[Path]) -> CachedNetwork:
+                    patch: Sequence[int], cache_roots: Sequence[Path], *, log: LogFn = log_info,
+                    what: str = "the network") -> CachedNetwork:
     """The cached IR of a network, converting it (``build()`` gives the torch module) on a miss.
 
     ``cache_roots`` are tried in order: an existing entry in any of them is used; a new one is written in the
     first that can be written (temporary folder, then rename: a killed conversion leaves nothing behind).
+    A conversion takes seconds to a minute, so it is announced through ``log`` (``what``: e.g. ``fold 0``)
+    with the cache folder before, and its seconds after; a cache hit logs nothing.
 
     Raises:
         Seg3dError: none of ``cache_roots`` can be written.
@@ -202,7 +206,10 @@ def find_or_convert(weights_checksum: str, build: Callable[[], torch.nn.Module],
     if root is None:
         raise Seg3dError("cannot write the OpenVINO conversion cache in any of: "
                          + ", ".join(str(r) for r in cache_roots))
+    log(f"converting {what} to OpenVINO IR once for this model; cached in {root / name}")
+    t0 = time.perf_counter()
     save_network(convert_network(build(), in_channels, patch), root, name)
+    log(f"converted {what} to OpenVINO IR in {time.perf_counter() - t0:.1f} s")
     return CachedNetwork(root / name, True)
 
 
@@ -235,18 +242,27 @@ class OpenVinoNetwork:
     ``__call__(x)``: ``x`` ``(B, C, *window)`` float32 (any batch size and window shape) -> logits
     ``(B, K, *window)`` float32 on the CPU. Not thread-safe (one inference request); one per thread.
 
+    No copies: the input's memory is handed to OpenVINO as it is (``share_inputs``) and the logits are a view of
+    the runtime's output buffer (``share_outputs``), which the next call overwrites: seg3d's sliding window turns
+    each call's logits into probabilities before its next call. ``copy_output=True`` returns a copy the caller
+    owns instead. Before, ``infer`` copied the outputs into its result and the call copied them again: two
+    copies per pass, 124 MB each for 118 classes and a 64³ window, 495 MB each for a 64×128×128 window. A
+    buffer of seg3d's set as the request's output (``set_output_tensor``) was measured slower on this CPU plugin
+    with dynamic shapes (benchmarks/RESULTS.md, issue 12, "One network call").
+
     Args:
         model: an ``openvino.Model`` or the path of an IR (``.xml``) or ONNX file.
         precision: ``fp32``, ``bf16`` or ``int8`` (already resolved, see :func:`resolve_precision`; ``int8``:
             ``model`` is a quantized network, its float operations run in fp32).
         threads: inference threads (``None``: the CPUs this process may use).
         compiled_cache: folder for OpenVINO's compiled-model cache (``None``: none).
+        copy_output: return logits the caller owns (a copy) rather than a view valid until the next call.
     """
 
     device = torch.device("cpu")
 
     def __init__(self, model, precision: str = "fp32", threads: int | None = None,
-                 compiled_cache: Path | None = None):
+                 compiled_cache: Path | None = None, copy_output: bool = False):
         if precision not in _OV_TYPES:
             raise ValueError(f"OpenVINO precision must be fp32, bf16 or int8, got '{precision}'")
         core = _core()
@@ -260,20 +276,23 @@ class OpenVinoNetwork:
             config["CACHE_DIR"] = str(compiled_cache)
         self.compiled = core.compile_model(model, "CPU", config)
         self._request = self.compiled.create_infer_request()
+        self.copy_output = bool(copy_output)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        arr = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-        self._request.infer({0: arr})
-        return torch.from_numpy(self._request.get_output_tensor(0).data.copy())
+        x = x.detach().to("cpu", torch.float32).contiguous()
+        result = self._request.infer({0: x.numpy()}, share_inputs=True, share_outputs=True)
+        out = torch.from_numpy(result[0])
+        return out.clone() if self.copy_output else out
 
 
 @register_backend(NAME)
 def openvino_network_calls(model: LoadedModel, settings) -> list[OpenVinoNetwork]:
     """One compiled OpenVINO network per fold of ``model``, in ``settings.precision`` (:func:`resolve_precision`).
 
-    A model folder's checkpoints are converted once (cached, see :func:`find_or_convert`), and for ``int8``
-    quantized once on the fold's training cases (cached beside, :mod:`.openvino_int8`); a bundle's networks are
-    read as they are. Threads: torch's intra-op count, which the CLI sets (``set_threads``).
+    A model folder's checkpoints are converted once (cached, see :func:`find_or_convert`; a conversion is
+    announced through ``model.log``), and for ``int8`` quantized once on the fold's training cases (cached
+    beside, announced too, :mod:`.openvino_int8`); a bundle's networks are read as they are. Threads: torch's
+    intra-op count, which the CLI sets (``set_threads``).
 
     Raises:
         Seg3dError: OpenVINO missing, a non-CPU device, a precision OpenVINO cannot honour here; for ``int8``
@@ -299,7 +318,8 @@ def openvino_network_calls(model: LoadedModel, settings) -> list[OpenVinoNetwork
     for fold in model.folds:
         checksum = model.folder.weights_checksum([fold], settings.checkpoint)
         entry = find_or_convert(checksum, lambda f=fold: load_fold_network(model, f, settings.checkpoint),
-                                model.plan.num_channels, model.config.patch_size, roots)
+                                model.plan.num_channels, model.config.patch_size, roots, log=model.log,
+                                what=f"fold {fold}")
         if precision == "int8":
             from seg3d.inference.backends.openvino_int8 import int8_network
 

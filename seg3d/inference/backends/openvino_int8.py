@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ import torch
 from seg3d.errors import Seg3dError
 from seg3d.inference.backends import LoadedModel
 from seg3d.inference.backends.openvino import CachedNetwork, save_network
+from seg3d.progress import LogFn, log_info
 
 
 @dataclass(frozen=True)
@@ -172,9 +174,11 @@ def int8_key(train_ids: Sequence[str] | None, calib: Calibration) -> str:
 
 
 def find_or_quantize(entry: CachedNetwork, key: str, windows: Callable[[], list[np.ndarray]],
-                     calib: Calibration = DEFAULT_CALIBRATION) -> CachedNetwork:
+                     calib: Calibration = DEFAULT_CALIBRATION, *, log: LogFn = log_info,
+                     what: str = "the network") -> CachedNetwork:
     """The int8 network of the fp32 conversion ``entry`` in ``entry.folder/int8-<key>``: cached, or quantized
-    now on ``windows()`` and saved there (temporary folder, then rename).
+    now on ``windows()`` and saved there (temporary folder, then rename). A quantization (a minute or more) is
+    announced through ``log`` (``what``: e.g. ``fold 0``) before, with its seconds after; a cache hit is silent.
 
     Raises:
         Seg3dError: NNCF is not installed, or the entry's folder cannot be written.
@@ -185,11 +189,15 @@ def find_or_quantize(entry: CachedNetwork, key: str, windows: Callable[[], list[
     if cached.xml.is_file() and cached.xml.with_suffix(".bin").is_file():
         return cached
     require_nncf()
+    log(f"quantizing {what} to int8 once (NNCF, calibrated on up to {calib.cases} training cases); cached in "
+        f"{cached.folder}")
+    t0 = time.perf_counter()
     q = quantize(_core().read_model(str(entry.xml)), windows(), calib)
     try:
         save_network(q, entry.folder, cached.folder.name)
     except OSError as e:
         raise Seg3dError(f"cannot write the int8 network ({e})", entry.folder) from None
+    log(f"quantized {what} to int8 in {time.perf_counter() - t0:.1f} s")
     return CachedNetwork(cached.folder, True)
 
 
@@ -234,4 +242,4 @@ def int8_network(model: LoadedModel, fold: str, entry: CachedNetwork,
         chosen = set(spread(sorted(c.case_id for c in cases), calib.cases))
         return calibration_windows(model, [c for c in cases if c.case_id in chosen], calib)
 
-    return find_or_quantize(entry, int8_key(train, calib), windows, calib)
+    return find_or_quantize(entry, int8_key(train, calib), windows, calib, log=model.log, what=f"fold {fold}")
