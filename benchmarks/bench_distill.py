@@ -157,7 +157,7 @@ def stage_student(a) -> None:
     log(f"student done: {sec:.0f} s (teacher targets + training)")
 
 
-def build_nnunet_model(work: Path, nn_plans_dir: Path) -> Path:
+def build_nnunet_model(work: Path, nn_plans_dir: Path, nnunet_bin: Path) -> Path:
     """The teacher's 5 folds as an nnU-Net results folder (same network and weights, bench_predict's converter)."""
     from bench_predict import CONVERT, nnunet_plans_like
 
@@ -180,7 +180,7 @@ def build_nnunet_model(work: Path, nn_plans_dir: Path) -> Path:
         dst = nn / f"fold_{k}" / "checkpoint_final.pth"
         if not dst.is_file():
             dst.parent.mkdir(parents=True, exist_ok=True)
-            subprocess.run([sys.executable, str(script), str(teacher.checkpoint_path(k)), json.dumps(args),
+            subprocess.run([str(nnunet_bin / "python"), str(script), str(teacher.checkpoint_path(k)), json.dumps(args),
                             str(dst)], check=True)
     return nn
 
@@ -214,7 +214,7 @@ def stage_compare(a) -> None:
         dst = inp / f"{cid}_0000.nii.gz"
         if not dst.exists():
             dst.symlink_to(DATA / "imagesTr" / f"{cid}_0000.nii.gz")
-    nn_model = build_nnunet_model(work, a.nnunet_plans)
+    nn_model = build_nnunet_model(work, a.nnunet_plans, a.nnunet_bin)
     teacher, student = work / "teacher", work / "student"
     common = ["--device", "cpu", "--no-postprocess"]
     runs = {
