@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from interrupt import Interrupted, interrupt_at
 
 QUIET = {"log": lambda s: None}
 
@@ -57,15 +58,9 @@ def test_interrupted_distillation_resumes_exactly(small_teacher, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     distill([small_teacher], a, _settings(), **QUIET)
 
-    class Stop(Exception):
-        pass
-
-    def interrupt(done, total, msg):
-        if done == 4:  # first iteration of epoch 1, after epoch 0's checkpoint
-            raise Stop
-
-    with pytest.raises(Stop):
-        distill([small_teacher], b, _settings(), progress=interrupt, **QUIET)
+    # killed at the first iteration of epoch 1, after epoch 0's checkpoint
+    with pytest.raises(Interrupted):
+        distill([small_teacher], b, _settings(), progress=interrupt_at(4), **QUIET)
     assert not (b / "fold_all" / "checkpoint_final.pt").exists()
     res = distill([small_teacher], b, _settings(resume=True), **QUIET)
     assert res["teacher_targets"]["computed"] == 0  # the targets were kept

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from interrupt import Interrupted, interrupt_at
 
 
 def _two_case_splits(model_dir):
@@ -47,15 +48,9 @@ def test_resume_equals_uninterrupted(plan_dir, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     train(plan_dir, model_dir=a, **kw)
 
-    class Stop(Exception):
-        pass
-
-    def interrupt(done, total, msg):
-        if done == 4:  # first iteration of epoch 1, after epoch 0's checkpoint
-            raise Stop
-
-    with pytest.raises(Stop):
-        train(plan_dir, model_dir=b, progress=interrupt, **kw)
+    # killed at the first iteration of epoch 1, after epoch 0's checkpoint
+    with pytest.raises(Interrupted):
+        train(plan_dir, model_dir=b, progress=interrupt_at(4), **kw)
     train(plan_dir, model_dir=b, resume=True, **kw)
     wa = torch.load(a / "fold_0" / "checkpoint_final.pt", weights_only=False)["model"]
     wb = torch.load(b / "fold_0" / "checkpoint_final.pt", weights_only=False)["model"]
