@@ -1,7 +1,8 @@
 """One case in, one case out: the preprocessing shared by training and inference, and its exact inverse.
 
 Forward: reorient to canonical -> crop to nonzero -> labels to class indices -> normalise -> resample.
-Back (``revert_to_original``): resample probabilities to the cropped grid slab by slab, argmax per slab,
+Back (``revert_to_original``): resample probabilities to the cropped grid slab by slab, argmax per slab
+(for labels, only the classes that can win in each source cell are interpolated: :mod:`.argmax_resample`),
 un-crop (class 0 outside), invert the reorientation -> the input's own array order and header.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 
 from seg3d.errors import Seg3dError
 from seg3d.io.image import Geometry, Reorientation
+from seg3d.preprocessing.argmax_resample import argmax_slabs
 from seg3d.preprocessing.crop import crop_to_nonzero
 from seg3d.preprocessing.normalize import normalize
 from seg3d.preprocessing.resample import (
@@ -162,22 +164,6 @@ def _slabs(probs, props: CaseProperties, aniso: int | None, slab_bytes: int):
         yield start, stop, x
 
 
-def _argmax0(x):
-    """Argmax over axis 0 (first maximum wins, as torch.argmax). On CPU a running maximum over classes reads
-    contiguous planes and is ~2x faster than ``torch.argmax(dim=0)``'s strided reduction."""
-    import torch
-
-    if x.device.type != "cpu" or x.shape[0] > 32767:
-        return torch.argmax(x, dim=0)
-    best = x[0].clone()
-    idx = torch.zeros(x.shape[1:], dtype=torch.int16)
-    for c in range(1, x.shape[0]):
-        better = x[c] > best
-        torch.maximum(best, x[c], out=best)
-        idx.masked_fill_(better, c)
-    return idx
-
-
 def revert_to_original(probs, props: CaseProperties, plan, config, out: str = "labels",
                        probs_dtype=np.float16, slab_bytes: int = SLAB_BYTES) -> np.ndarray:
     """Probabilities ``(K, *shape_after_resample)`` (torch, any device) -> the input grid.
@@ -201,11 +187,20 @@ def revert_to_original(probs, props: CaseProperties, plan, config, out: str = "l
         result = np.zeros((k, *props.shape_canonical), dtype=probs_dtype)
         result[0] = 1
     inner = tuple(slice(lo, hi) for lo, hi in b[1:])
+    dst = props.shape_after_crop
+    if out == "labels" and len(dst) == 3:
+        if tuple(probs.shape[1:]) != tuple(props.shape_after_resample):
+            raise Seg3dError(f"probabilities of shape {tuple(probs.shape[1:])} do not match the preprocessed "
+                             f"shape {tuple(props.shape_after_resample)}")
+        for start, stop, idx in argmax_slabs(probs, dst, axis_modes(3, aniso), slab_bytes):
+            rows = slice(b[0][0] + start, b[0][0] + stop)
+            result[(rows, *inner)] = idx.cpu().numpy().astype(dtype)
+        return np.ascontiguousarray(props.reorientation.invert(result))
     with torch.no_grad():
         for start, stop, x in _slabs(probs, props, aniso, slab_bytes):
             rows = slice(b[0][0] + start, b[0][0] + stop)
             if out == "labels":
-                result[(rows, *inner)] = _argmax0(x).cpu().numpy().astype(dtype)
+                result[(rows, *inner)] = torch.argmax(x, dim=0).cpu().numpy().astype(dtype)
             else:
                 result[(slice(None), rows, *inner)] = x.cpu().numpy().astype(probs_dtype)
     result = props.reorientation.invert(result, channel_first=(out != "labels"))
