@@ -106,20 +106,17 @@ def sliding_window_predict(networks: NetworkCall | Sequence[NetworkCall], data, 
     with torch.no_grad():
         for b0 in range(0, len(items), forward_batch):
             batch = items[b0:b0 + forward_batch]
-            probs = _predict_items(nets, x, batch, patch3, slice_axis)
-            if acc is None:
-                acc_dev = _accumulator_device(accumulate_on, device, probs.shape[1], padded)
-                acc = torch.zeros((probs.shape[1], *padded), dtype=torch.float32, device=acc_dev)
-                weight = torch.zeros(padded, dtype=torch.float32, device=acc_dev)
-                g_acc = gauss.to(acc_dev)
-            probs = probs * gauss
-            # the mirrorings of one window are neighbours in the list: sum them, then one add into the
-            # (possibly large, many-class) accumulator per window
-            for start, group in itertools.groupby(enumerate(batch), key=lambda item: item[1][0]):
-                idx = [i for i, _ in group]
-                sl = tuple(slice(a, a + p) for a, p in zip(start, patch3))
-                acc[(slice(None),) + sl] += probs[idx[0]:idx[-1] + 1].sum(0).to(acc.device)
-                weight[sl] += g_acc * len(idx)
+            xs = _window_batch(x, batch, patch3)
+            for net in nets:
+                probs = _forward(net, xs, slice_axis)
+                if acc is None:
+                    acc_dev = _accumulator_device(accumulate_on, device, probs.shape[1], padded)
+                    acc = torch.zeros((probs.shape[1], *padded), dtype=torch.float32, device=acc_dev)
+                    weight = torch.zeros(padded, dtype=torch.float32, device=acc_dev)
+                    g_acc = gauss.to(acc_dev)
+                _accumulate(acc, probs, batch, patch3, gauss)
+            for start, _ in batch:
+                weight[tuple(slice(a, a + p) for a, p in zip(start, patch3))] += g_acc * len(nets)
     acc /= weight
     if padded != tuple(s.stop - s.start for s in inner):
         acc = acc[(slice(None), *inner)].contiguous()
@@ -177,19 +174,26 @@ def _accumulator_device(accumulate_on: str, device: torch.device, k: int, shape)
     return device if need < 0.5 * free else torch.device("cpu")
 
 
-def _predict_items(nets: list[NetworkCall], x: torch.Tensor, items, patch3, slice_axis) -> torch.Tensor:
-    """Mean softmax over networks for a batch of (window start, mirrored axes) items, un-mirrored."""
+def _window_batch(x: torch.Tensor, items, patch3) -> torch.Tensor:
+    """The windows of a batch of (window start, mirrored axes) items, mirrored: ``(B, C, *patch)``."""
     def crop(start):
         return x[(slice(None),) + tuple(slice(a, a + p) for a, p in zip(start, patch3))]
 
-    xs = torch.stack([crop(s).flip([a + 1 for a in c]) if c else crop(s) for s, c in items])
-    total = None
-    for net in nets:
-        p = _forward(net, xs, slice_axis)
-        total = p if total is None else total + p
-    if len(nets) > 1:
-        total = total / len(nets)
-    return torch.stack([total[i].flip([a + 1 for a in c]) if c else total[i] for i, (_, c) in enumerate(items)])
+    return torch.stack([crop(s).flip([a + 1 for a in c]) if c else crop(s) for s, c in items])
+
+
+def _accumulate(acc: torch.Tensor, probs: torch.Tensor, items, patch3, gauss: torch.Tensor) -> None:
+    """Add each item's probabilities ``probs[i]`` ``(K, *patch)``, un-mirrored and Gaussian-weighted, into its
+    window of ``acc``. In place (``addcmul_``): no window-sized temporaries beyond a mirrored item's flip, which
+    matters with 100+ classes (one 64x128x128 window of 118 classes is 495 MB). The Gaussian is symmetric, so
+    weighting before or after the flip is the same."""
+    for i, (start, c) in enumerate(items):
+        p = probs[i].flip([a + 1 for a in c]) if c else probs[i]
+        window = acc[(slice(None),) + tuple(slice(a, a + s) for a, s in zip(start, patch3))]
+        if p.device == acc.device:
+            window.addcmul_(p, gauss)
+        else:  # accumulator on the CPU for a volume too large for the GPU
+            window.add_((p * gauss).to(acc.device))
 
 
 def _forward(net: NetworkCall, x: torch.Tensor, slice_axis) -> torch.Tensor:
@@ -199,7 +203,7 @@ def _forward(net: NetworkCall, x: torch.Tensor, slice_axis) -> torch.Tensor:
     out = net(x)
     if isinstance(out, (list, tuple)):  # a call that returns deep-supervision outputs: full resolution first
         out = out[0]
-    p = torch.softmax(out.float(), dim=1)
+    p = out.float() if getattr(net, "returns_probabilities", False) else torch.softmax(out.float(), dim=1)
     if slice_axis is not None:
         p = p.unsqueeze(2 + slice_axis)
     return p.contiguous()
