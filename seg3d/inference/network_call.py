@@ -2,7 +2,8 @@
 
 ``NetworkCall = Callable[[Tensor], Tensor]``: a batch of windows ``(B, C, *patch)`` float32 on the compute
 device -> logits ``(B, K, *patch)`` (any float dtype; deep-supervision lists already reduced to the full
-resolution). The logits may live in a buffer the call's next call reuses (OpenVINO's output, not copied), so
+resolution). A call with a true ``returns_probabilities`` attribute returns softmax probabilities instead
+(OpenVINO with the softmax inside the network). The logits may live in a buffer the call's next call reuses (OpenVINO's output, not copied), so
 a caller uses them before calling again, as the sliding window does. Any runtime fits: a torch module (:class:`TorchNetwork`, with autocast and memory format inside),
 a compiled OpenVINO model, a distilled student. TTA, Gaussian blending, batching and fold averaging stay in
 :func:`seg3d.inference.sliding_window.sliding_window_predict`.

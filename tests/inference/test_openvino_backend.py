@@ -46,6 +46,26 @@ def test_fp32_matches_torch_for_any_batch_and_window(tiny_net, converted):
         assert float((out - ref).abs().max()) < 1e-3 * max(1.0, float(ref.abs().max()))
 
 
+def test_softmax_inside_the_network_returns_probabilities(tiny_net, converted):
+    """``softmax=True``: the call returns torch's softmax of the logits (to float rounding) and says so, so
+    the sliding window does not apply a second softmax; not offered in bf16."""
+    from seg3d.inference.sliding_window import _forward
+
+    _, entry = converted
+    logits_call = ovb.OpenVinoNetwork(entry.xml, "fp32", threads=1)
+    prob_call = ovb.OpenVinoNetwork(entry.xml, "fp32", threads=1, softmax=True)
+    assert prob_call.returns_probabilities and not getattr(logits_call, "returns_probabilities", False)
+    for shape in [(2, 1, 8, 32, 32), (1, 1, 16, 48, 40)]:
+        x = torch.randn(shape)
+        expect = torch.softmax(logits_call(x), 1)
+        probs = prob_call(x)
+        assert probs.shape == expect.shape
+        assert float((probs - expect).abs().max()) < 1e-5
+        assert float((_forward(prob_call, x, None) - expect).abs().max()) < 1e-5
+    with pytest.raises(ValueError, match="bf16"):
+        ovb.OpenVinoNetwork(entry.xml, "bf16", threads=1, softmax=True)
+
+
 def _runtime_output(call, x):
     """What OpenVINO gives on a request of its own that allocates the output (the copy it used to return)."""
     request = call.compiled.create_infer_request()

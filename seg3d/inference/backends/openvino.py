@@ -257,17 +257,31 @@ class OpenVinoNetwork:
         threads: inference threads (``None``: the CPUs this process may use).
         compiled_cache: folder for OpenVINO's compiled-model cache (``None``: none).
         copy_output: return logits the caller owns (a copy) rather than a view valid until the next call.
+        softmax: append a softmax over the classes to the network, so that the call returns probabilities
+            (``returns_probabilities`` is then True and the sliding window skips its own softmax). Only in
+            ``fp32``/``int8``, whose float operations run in f32; ``bf16`` would round the probabilities.
+            Why: OpenVINO's softmax writes into the output buffer it reuses, where torch's allocates a
+            probability map per pass (495 MB for 118 classes and a 64x128x128 window): measured -0.59 GB
+            peak and 0.2 s less per window of the CT-sized network (benchmarks/RESULTS.md, large CT).
+
+    Raises:
+        ValueError: an unknown precision, or ``softmax`` with ``bf16``.
     """
 
     device = torch.device("cpu")
 
     def __init__(self, model, precision: str = "fp32", threads: int | None = None,
-                 compiled_cache: Path | None = None, copy_output: bool = False):
+                 compiled_cache: Path | None = None, copy_output: bool = False, softmax: bool = False):
         if precision not in _OV_TYPES:
             raise ValueError(f"OpenVINO precision must be fp32, bf16 or int8, got '{precision}'")
+        if softmax and precision == "bf16":
+            raise ValueError("softmax inside the network is only for fp32/int8 (bf16 would round the probabilities)")
         core = _core()
         if isinstance(model, (str, Path)):
             model = core.read_model(str(model))
+        if softmax:
+            model = _with_softmax(model)
+        self.returns_probabilities = bool(softmax)
         self.precision = precision
         self.threads = int(threads or len(os.sched_getaffinity(0)))
         config = {"INFERENCE_PRECISION_HINT": _OV_TYPES[precision], "INFERENCE_NUM_THREADS": self.threads,
@@ -283,6 +297,15 @@ class OpenVinoNetwork:
         result = self._request.infer({0: x.numpy()}, share_inputs=True, share_outputs=True)
         out = torch.from_numpy(result[0])
         return out.clone() if self.copy_output else out
+
+
+def _with_softmax(model):
+    """``model`` with a softmax over axis 1 (the classes) after its first output."""
+    import openvino as ov
+    from openvino import opset13
+
+    out = model.get_results()[0].input_value(0)
+    return ov.Model([opset13.softmax(out, 1).output(0)], model.get_parameters(), model.get_friendly_name())
 
 
 @register_backend(NAME)
@@ -306,11 +329,13 @@ def openvino_network_calls(model: LoadedModel, settings) -> list[OpenVinoNetwork
                          "--backend torch on a GPU)")
     precision = resolve_precision(settings.precision)
     threads = torch.get_num_threads()
+    softmax = precision != "bf16"  # probabilities straight from the runtime's buffer (OpenVinoNetwork)
     if isinstance(model.folder, Bundle):
         if precision == "int8":
             raise Seg3dError("--precision int8 quantizes a model folder's networks on its training cases; a bundle "
                              "has none: predict from the model folder, or use fp32/bf16/auto", model.folder.path)
-        return [OpenVinoNetwork(model.folder.network_path(f), precision, threads) for f in model.folds]
+        return [OpenVinoNetwork(model.folder.network_path(f), precision, threads, softmax=softmax)
+                for f in model.folds]
     from seg3d.inference.backends.torch import load_fold_network
 
     roots = [model.folder.conversion_cache_dir(NAME), user_cache_dir()]
@@ -324,5 +349,6 @@ def openvino_network_calls(model: LoadedModel, settings) -> list[OpenVinoNetwork
             from seg3d.inference.backends.openvino_int8 import int8_network
 
             entry = int8_network(model, fold, entry)
-        calls.append(OpenVinoNetwork(entry.xml, precision, threads, entry.compiled_cache(precision)))
+        calls.append(OpenVinoNetwork(entry.xml, precision, threads, entry.compiled_cache(precision),
+                                     softmax=softmax))
     return calls
