@@ -182,18 +182,32 @@ def _window_batch(x: torch.Tensor, items, patch3) -> torch.Tensor:
     return torch.stack([crop(s).flip([a + 1 for a in c]) if c else crop(s) for s, c in items])
 
 
-def _accumulate(acc: torch.Tensor, probs: torch.Tensor, items, patch3, gauss: torch.Tensor) -> None:
+def _accumulate(acc: torch.Tensor, probs: torch.Tensor, items, patch3, gauss: torch.Tensor,
+                per_window: bool | None = None) -> None:
     """Add each item's probabilities ``probs[i]`` ``(K, *patch)``, un-mirrored and Gaussian-weighted, into its
     window of ``acc``. In place (``addcmul_``): no window-sized temporaries beyond a mirrored item's flip, which
     matters with 100+ classes (one 64x128x128 window of 118 classes is 495 MB). The Gaussian is symmetric, so
-    weighting before or after the flip is the same."""
-    for i, (start, c) in enumerate(items):
-        p = probs[i].flip([a + 1 for a in c]) if c else probs[i]
-        window = acc[(slice(None),) + tuple(slice(a, a + s) for a, s in zip(start, patch3))]
-        if p.device == acc.device:
-            window.addcmul_(p, gauss)
-        else:  # accumulator on the CPU for a volume too large for the GPU
-            window.add_((p * gauss).to(acc.device))
+    weighting before or after the flip is the same. ``per_window`` (default: when ``acc`` is on another
+    device than ``probs``) sums a window's items on ``probs``' device first, then adds them with one copy."""
+    def unmirrored(i, c):
+        return probs[i].flip([a + 1 for a in c]) if c else probs[i]
+
+    def window(start):
+        return acc[(slice(None),) + tuple(slice(a, a + s) for a, s in zip(start, patch3))]
+
+    if per_window is None:
+        per_window = probs.device != acc.device
+    if not per_window:
+        for i, (start, c) in enumerate(items):
+            window(start).addcmul_(unmirrored(i, c), gauss)
+        return
+    # accumulator on the CPU for a volume too large for the GPU: sum a window's mirrorings on the device,
+    # then one copy per window
+    for start, group in itertools.groupby(enumerate(items), key=lambda item: item[1][0]):
+        total = None
+        for i, (_, c) in group:
+            total = unmirrored(i, c) * gauss if total is None else total.addcmul_(unmirrored(i, c), gauss)
+        window(start).add_(total.to(acc.device))
 
 
 def _forward(net: NetworkCall, x: torch.Tensor, slice_axis) -> torch.Tensor:

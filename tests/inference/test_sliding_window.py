@@ -181,3 +181,28 @@ def test_bf16_pointwise_network_matches_whole_image_softmax_at_bf16_tolerance():
     x = np.random.default_rng(0).normal(size=(2, 9, 70, 33)).astype(np.float32)
     probs = sliding_window_predict(net, x, (8, 32, 32), 0.5, (0, 1, 2), precision="bf16")
     torch.testing.assert_close(probs, _full_softmax(net, x), atol=3e-2, rtol=0)
+
+
+def test_per_window_accumulation_equals_per_item():
+    """The two ways of adding a batch into the accumulator (in place per item; summed per window first, as
+    when the accumulator lives on the CPU and the network on a GPU) give the same result, windows and
+    mirrorings mixed in one batch."""
+    from seg3d.inference.sliding_window import _accumulate, window_items
+
+    torch.manual_seed(2)
+    patch = (4, 6, 5)
+    items = window_items((7, 10, 9), patch, 0.5, (0, 2))[:11]
+    assert len({s for s, _ in items}) > 1 and any(c for _, c in items)
+    probs = torch.rand(len(items), 3, *patch)
+    gauss = gaussian_importance(patch)
+    a = torch.zeros(3, 7, 10, 9)
+    b = torch.zeros(3, 7, 10, 9)
+    _accumulate(a, probs, items, patch, gauss, per_window=False)
+    _accumulate(b, probs, items, patch, gauss, per_window=True)
+    expected = torch.zeros(3, 7, 10, 9)
+    for i, (start, c) in enumerate(items):
+        sl = (slice(None),) + tuple(slice(s, s + p) for s, p in zip(start, patch))
+        expected[sl] += (probs[i].flip([d + 1 for d in c]) if c else probs[i]) * gauss
+    torch.testing.assert_close(a, expected)
+    torch.testing.assert_close(b, expected)
+    assert expected.abs().sum() > 0
