@@ -100,7 +100,7 @@ def sliding_window_predict(networks: NetworkCall | Sequence[NetworkCall], data, 
     x, inner = _on_device_padded(x, patch3, device)
     padded = tuple(x.shape[1:])
     items = window_items(padded, patch3, step, mirror3)
-    forward_batch = _forward_batch(patch3, device, batch_voxels)
+    forward_batch = windows_per_pass(patch3, device, batch_voxels)
     gauss = gaussian_importance(patch3, sigma_scale, device)
     acc = weight = None
     with torch.no_grad():
@@ -141,7 +141,7 @@ def _on_device_padded(x: torch.Tensor, patch3: tuple[int, ...], device: torch.de
     return x, inner
 
 
-def _forward_batch(patch3: tuple[int, ...], device: torch.device, batch_voxels: int | None) -> int:
+def windows_per_pass(patch3: tuple[int, ...], device: torch.device, batch_voxels: int | None = None) -> int:
     """(window, mirroring) items per forward pass: up to ``batch_voxels`` voxels, at least 2 small windows on
     the CPU (see the module constants)."""
     if batch_voxels is None:

@@ -66,6 +66,29 @@ def test_softmax_inside_the_network_returns_probabilities(tiny_net, converted):
         ovb.OpenVinoNetwork(entry.xml, "bf16", threads=1, softmax=True)
 
 
+def test_one_window_per_call_compiles_a_static_shape_and_falls_back_for_others(tiny_net, converted):
+    """``window=``: compiled for batch-1 calls of that window (same results as the dynamic network); a call of
+    another shape recompiles the dynamic network once and is answered correctly."""
+    _, entry = converted
+    dynamic = ovb.OpenVinoNetwork(entry.xml, "fp32", threads=1, softmax=True)
+    static = ovb.OpenVinoNetwork(entry.xml, "fp32", threads=1, softmax=True, window=(8, 32, 32))
+    assert dynamic.static_shape is None and static.static_shape == (1, 1, 8, 32, 32)
+    assert static.compiled.inputs[0].get_partial_shape().is_static
+    x = torch.randn(1, 1, 8, 32, 32)
+    assert float((static(x) - dynamic(x)).abs().max()) < 1e-6
+    other = torch.randn(2, 1, 16, 48, 40)
+    expect = dynamic(other).clone()
+    assert float((static(other) - expect).abs().max()) < 1e-6
+    assert static.static_shape is None and static.compiled.inputs[0].get_partial_shape().is_dynamic
+    assert float((static(x) - dynamic(x)).abs().max()) < 1e-6
+
+
+def test_single_window_only_for_patches_that_fill_a_pass():
+    assert ovb.single_window((64, 128, 128)) == (64, 128, 128)
+    assert ovb.single_window((40, 56, 40)) is None  # two of them fit in one CPU pass
+    assert ovb.single_window((128, 128)) is None  # 2D
+
+
 def _runtime_output(call, x):
     """What OpenVINO gives on a request of its own that allocates the output (the copy it used to return)."""
     request = call.compiled.create_infer_request()

