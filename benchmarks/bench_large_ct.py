@@ -108,6 +108,8 @@ def main() -> None:
                                                                   "the network's)")
     ap.add_argument("--reps", type=int, default=1, help="repetitions of all variants, interleaved")
     ap.add_argument("--keep", action="store_true", help="reuse --work's CT and model (same options)")
+    ap.add_argument("--tta", action="store_true", help="mirroring TTA on (seg3d's default; 8 passes per window); "
+                                                       "off by default to keep the network part short")
     a = ap.parse_args()
     if not (a.keep and (a.work / "model").is_dir()):
         shutil.rmtree(a.work, ignore_errors=True)
@@ -131,8 +133,10 @@ def main() -> None:
             out_dir = a.work / f"out_{backend}_{precision}"
             shutil.rmtree(out_dir, ignore_errors=True)
             cmd = [str(REPO / ".venv" / "bin" / "seg3d"), "predict", "-i", str(a.work / "in"), "-o",
-                   str(out_dir), "-m", str(a.work / "model"), "--folds", "0", "--device", "cpu", "--no-tta",
+                   str(out_dir), "-m", str(a.work / "model"), "--folds", "0", "--device", "cpu",
                    "--no-postprocess", "--backend", backend, "--precision", precision]
+            if not a.tta:
+                cmd.append("--no-tta")
             cpu0 = _children_cpu_s()
             sec, gb, rc = run_tree(cmd)
             cpu_s = _children_cpu_s() - cpu0
