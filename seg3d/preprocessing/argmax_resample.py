@@ -62,14 +62,14 @@ class _Axis:
     """One axis of the resampling: per output sample its cell and the two source samples and weight that
     :func:`interp_axis` uses (``nearest``: the same sample twice, weight 0, which ``lerp`` returns exactly)."""
 
-    def __init__(self, n_in: int, n_out: int, mode: str, device):
+    def __init__(self, n_in: int, n_out: int, mode: str, device, dtype=None):
         import torch
 
         i0, i1, w = source_coords(n_in, n_out, mode)
         if w is None:
             w = torch.zeros(n_out, dtype=torch.float64)
         self.i0, self.i1 = i0.to(device), i1.to(device)
-        self.w = w.to(device=device, dtype=torch.float32)
+        self.w = w.to(device=device, dtype=dtype or torch.float32)
         self.cell = i0.clamp(0, max(n_in - 2, 0)).to(device)
 
 
@@ -146,7 +146,7 @@ def _all_candidates(probs, classes: list[int], start: int, stop: int, dst, modes
     x = interp_axis(probs, 1, dst[0], modes[0], start, stop)
     if len(classes) < x.shape[0]:
         x = x[classes]
-    if x.dtype != torch.float32:
+    if x.dtype not in (torch.float32, torch.float64):
         x = x.float()
     if list(modes[1:]) == ["linear", "linear"] and tuple(x.shape[2:]) != tuple(dst[1:]):
         x = F.interpolate(x.transpose(0, 1), size=tuple(dst[1:]), mode="bilinear",
@@ -174,7 +174,8 @@ def argmax_slabs(probs, out_shape, modes, slab_bytes: int, fallback: bool | None
 
     Args:
         probs: ``(K, z, y, x)`` class probabilities (or any scores whose argmax is wanted) on the source
-            grid, torch tensor, float16/32/64, any device.
+            grid, torch tensor, float16/32/64, any device. Interpolated and compared in float32, float64
+            ones in float64 (as :func:`interp_axis` does).
         out_shape: the output grid ``(Z, Y, X)``.
         modes: ``"linear"`` or ``"nearest"`` per spatial axis (as :func:`interp_axis`).
         slab_bytes: working memory per slab, bytes (approximate).
@@ -196,7 +197,8 @@ def argmax_slabs(probs, out_shape, modes, slab_bytes: int, fallback: bool | None
     if len(src) != 3 or len(dst) != 3 or len(modes) != 3:
         raise ValueError(f"argmax_slabs needs 3D grids, not {src} -> {dst}")
     dev = probs.device
-    axes = [_Axis(n_in, n_out, m, dev) for n_in, n_out, m in zip(src, dst, modes)]
+    work = torch.float64 if probs.dtype == torch.float64 else torch.float32
+    axes = [_Axis(n_in, n_out, m, dev, work) for n_in, n_out, m in zip(src, dst, modes)]
     plane_out = dst[1] * dst[2]
     plane_src = src[1] * src[2]
     # per output row: the index and the uncertain voxels' bookkeeping (~32 B); per source row: the block,
@@ -212,7 +214,7 @@ def argmax_slabs(probs, out_shape, modes, slab_bytes: int, fallback: bool | None
             stop = min(dst[0], start + n)
             lo_c, hi_c = c0[start], c0[stop - 1]
             lo, hi = lo_c, min(hi_c + 1, src[0] - 1)
-            block = probs[:, lo:hi + 1].float()
+            block = probs[:, lo:hi + 1].to(work)
             cmax, cmin = _cell_extrema(block)  # cells lo_c .. hi_c along axis 0 (one row when src[0] == 1)
             bound, winner = cmin.max(0)
             cand = cmax >= bound - MARGIN * bound.abs().clamp(min=1.0)
@@ -252,5 +254,5 @@ def argmax_reference(probs, out_shape, modes, rows: int = 8) -> np.ndarray:
             x = interp_axis(probs, 1, int(out_shape[0]), modes[0], start, stop)
             for a in (1, 2):
                 x = interp_axis(x, a + 1, int(out_shape[a]), modes[a])
-            out.append(torch.argmax(x.float(), dim=0).cpu().numpy())
+            out.append(torch.argmax(x if x.dtype == torch.float64 else x.float(), dim=0).cpu().numpy())
     return np.concatenate(out)

@@ -83,6 +83,26 @@ def test_one_window_per_call_compiles_a_static_shape_and_falls_back_for_others(t
     assert float((static(x) - dynamic(x)).abs().max()) < 1e-6
 
 
+def test_compiled_cache_is_hit_again_with_the_softmax_and_the_static_window(converted, tmp_path):
+    """The appended softmax has fixed names: OpenVINO's compiled-model cache keys on the graph, node names
+    included, and auto-generated names depend on how many nodes the process made before (another fold, NNCF,
+    a recompile), which missed the cache and added a blob each time."""
+    from openvino import opset13
+
+    _, entry = converted
+    x = torch.randn(1, 1, 8, 32, 32)
+    for window in (None, (8, 32, 32)):
+        cache = tmp_path / f"compiled-{window is None}"
+        first = ovb.OpenVinoNetwork(entry.xml, "fp32", threads=1, compiled_cache=cache, softmax=True, window=window)
+        expect = first(x).clone()
+        blobs = sorted(cache.glob("*.blob"))
+        assert len(blobs) == 1
+        opset13.relu(opset13.parameter([1], ov.Type.f32))  # the process makes other nodes in between
+        again = ovb.OpenVinoNetwork(entry.xml, "fp32", threads=1, compiled_cache=cache, softmax=True, window=window)
+        assert sorted(cache.glob("*.blob")) == blobs
+        assert torch.equal(again(x), expect)
+
+
 def test_single_window_only_for_patches_that_fill_a_pass():
     assert ovb.single_window((64, 128, 128)) == (64, 128, 128)
     assert ovb.single_window((40, 56, 40)) is None  # two of them fit in one CPU pass

@@ -206,3 +206,35 @@ def test_per_window_accumulation_equals_per_item():
     torch.testing.assert_close(a, expected)
     torch.testing.assert_close(b, expected)
     assert expected.abs().sum() > 0
+
+
+class _ProbabilitiesInOneBuffer:
+    """A network call like OpenVINO's with the softmax in the graph: probabilities, in one output buffer that
+    every call overwrites (so the sliding window must use a call's output before calling it again)."""
+
+    returns_probabilities = True
+
+    def __init__(self, net):
+        self.net, self.buffer = net, None
+
+    def __call__(self, x):
+        p = torch.softmax(self.net(x), 1)
+        if self.buffer is None or self.buffer.shape != p.shape:
+            self.buffer = torch.empty_like(p)
+        return self.buffer.copy_(p)
+
+
+@pytest.mark.parametrize("patch,slice_axis", [((4, 8, 8), None), ((8, 8), 1)])
+def test_calls_returning_probabilities_in_a_reused_buffer_equal_the_modules(patch, slice_axis):
+    """A fold ensemble of such calls, with TTA, several windows and mirrorings per pass, a last pass of another
+    batch size, and an image smaller than the patch along one axis: the modules' own result."""
+    torch.manual_seed(3)
+    conv = torch.nn.Conv3d if slice_axis is None else torch.nn.Conv2d
+    nets = [torch.nn.Sequential(conv(1, 3, 3, padding=1), torch.nn.Tanh(), conv(3, 3, 3, padding=1)).eval()
+            for _ in range(2)]
+    x = np.random.default_rng(3).normal(size=(1, 3, 13, 11)).astype(np.float32)
+    kw = {"slice_axis": slice_axis, "precision": "fp32", "batch_voxels": 3 * 4 * 8 * 8}
+    want = sliding_window_predict(nets, x, patch, 0.5, (0, 1), **kw)
+    got = sliding_window_predict([_ProbabilitiesInOneBuffer(n) for n in nets], x, patch, 0.5, (0, 1), **kw)
+    assert got.shape == (3, 3, 13, 11)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)

@@ -102,3 +102,16 @@ def test_cell_index_is_monotonic_and_in_range():
 def test_rejects_non_3d():
     with pytest.raises(ValueError, match="3D"):
         next(argmax_slabs(torch.ones(2, 4, 4), (8, 8), ("linear", "linear"), 2**20))
+
+
+@pytest.mark.parametrize("fallback", [False, True])
+def test_float64_scores_are_compared_in_float64(fallback):
+    """float64 scores (e.g. a numpy array handed to revert_to_original) are interpolated and compared in float64,
+    as ``interp_axis`` does: class 1 beats class 0 by 1e-9 everywhere, which float32 would round to a tie."""
+    g = torch.Generator().manual_seed(4)
+    src, dst, modes = GRIDS[1]
+    p0 = 0.3 + 0.4 * torch.rand(src, generator=g, dtype=torch.float64)
+    probs = torch.stack([p0, p0 + 1e-9, 0.1 * torch.rand(src, generator=g, dtype=torch.float64)])
+    ref = argmax_reference(probs, dst, modes)
+    assert (ref == 1).all()
+    np.testing.assert_array_equal(_run(probs, dst, modes, 2**12, fallback=fallback), ref)

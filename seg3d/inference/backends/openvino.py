@@ -332,12 +332,21 @@ def single_window(patch: Sequence[int]) -> tuple[int, ...] | None:
 
 
 def _with_softmax(model):
-    """``model`` with a softmax over axis 1 (the classes) after its first output."""
+    """``model`` with a softmax over axis 1 (the classes) after its first output.
+
+    The new nodes and output get fixed names: OpenVINO's compiled-model cache (``CACHE_DIR``) keys on the graph
+    with its names, and the generated ones (``Softmax_<n>``) count the nodes the process made before (another
+    fold, NNCF, a recompile), so the cache missed and grew by a blob each time."""
     import openvino as ov
     from openvino import opset13
 
     out = model.get_results()[0].input_value(0)
-    return ov.Model([opset13.softmax(out, 1).output(0)], model.get_parameters(), model.get_friendly_name())
+    probs = opset13.softmax(out, 1)
+    probs.set_friendly_name("seg3d_softmax")
+    model = ov.Model([probs.output(0)], model.get_parameters(), model.get_friendly_name())
+    model.get_results()[0].set_friendly_name("seg3d_probabilities")
+    model.outputs[0].get_tensor().set_names({"seg3d_probabilities"})
+    return model
 
 
 @register_backend(NAME)
