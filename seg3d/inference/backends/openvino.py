@@ -240,7 +240,8 @@ class OpenVinoNetwork:
     """A network call (seg3d's ``NetworkCall``) running a compiled OpenVINO network on the CPU.
 
     ``__call__(x)``: ``x`` ``(B, C, *window)`` float32 (any batch size and window shape) -> logits
-    ``(B, K, *window)`` float32 on the CPU. Not thread-safe (one inference request); one per thread.
+    ``(B, K, *window)`` float32 on the CPU (softmax probabilities with ``softmax=True``, as the predictor uses
+    it in fp32/int8). Not thread-safe (one inference request); one per thread.
 
     No copies: the input's memory is handed to OpenVINO as it is (``share_inputs``) and the logits are a view of
     the runtime's output buffer (``share_outputs``), which the next call overwrites: seg3d's sliding window turns
