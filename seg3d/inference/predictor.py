@@ -142,11 +142,19 @@ class Predictor:
         return pdata, props
 
     def predict_preprocessed(self, pdata: np.ndarray):
-        """Mean softmax over folds and mirrorings, ``(K, *shape)`` on the device."""
+        """Mean softmax over folds and mirrorings, ``(K, *shape)`` on the device.
 
-        return sliding_window_predict(self.networks, pdata, self.config.patch_size, self.step, self.mirror_axes,
-                                      self.device, num_classes=self.plan.num_classes,
-                                      slice_axis=self.config.slice_axis)
+        Network calls with a ``release()`` method (OpenVINO's) free their per-call buffers afterwards, so the
+        revert that follows does not stack on them."""
+
+        probs = sliding_window_predict(self.networks, pdata, self.config.patch_size, self.step, self.mirror_axes,
+                                       self.device, num_classes=self.plan.num_classes,
+                                       slice_axis=self.config.slice_axis)
+        for net in self.networks:
+            release = getattr(net, "release", None)
+            if callable(release):
+                release()
+        return probs
 
     def export(self, probs, props, probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities on the preprocessed grid -> label values (and probabilities) on the input grid."""

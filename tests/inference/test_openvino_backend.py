@@ -103,6 +103,16 @@ def test_compiled_cache_is_hit_again_with_the_softmax_and_the_static_window(conv
         assert torch.equal(again(x), expect)
 
 
+def test_release_frees_the_request_and_the_next_call_makes_a_new_one(converted):
+    _, entry = converted
+    call = ovb.OpenVinoNetwork(entry.xml, "fp32", threads=1, softmax=True, window=(8, 32, 32))
+    x = torch.randn(1, 1, 8, 32, 32)
+    before = call(x).clone()
+    call.release()
+    assert call._request is None
+    assert torch.equal(call(x), before) and call._request is not None
+
+
 def test_single_window_only_for_patches_that_fill_a_pass():
     assert ovb.single_window((64, 128, 128)) == (64, 128, 128)
     assert ovb.single_window((40, 56, 40)) is None  # two of them fit in one CPU pass

@@ -50,18 +50,30 @@ def test_backend_registry_builds_one_call_per_fold(tiny_model_dir):
         resolve_backend("tensorrt")
     calls = []
 
+    released = []
+
+    class Constant:  # a stand-in runtime: background everywhere; frees its buffers when told (as OpenVINO)
+        def __init__(self, k):
+            self.k = k
+
+        def __call__(self, x):
+            return torch.nn.functional.one_hot(torch.zeros_like(x[:, 0], dtype=torch.long), self.k) \
+                .movedim(-1, 1).float() * 10
+
+        def release(self):
+            released.append(self)
+
     @register_backend("constant")
-    def constant(model, settings):  # a stand-in runtime: background everywhere
+    def constant(model, settings):
         calls.append((model.folds, settings.backend))
-        k = model.plan.num_classes
-        return [lambda x: torch.nn.functional.one_hot(torch.zeros_like(x[:, 0], dtype=torch.long), k)
-                .movedim(-1, 1).float() * 10 for _ in model.folds]
+        return [Constant(model.plan.num_classes) for _ in model.folds]
 
     try:
         p = Predictor(tiny_model_dir, PredictSettings(folds=(0, 1), backend="constant", tta=False, device="cpu"))
         labels = p.predict_case(np.random.default_rng(0).normal(size=(10, 30, 30)).astype(np.float32),
                                 Geometry((30, 30, 10), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1)))
         assert calls == [(("0", "1"), "constant")] and len(p.networks) == 2 and not labels.any()
+        assert released == p.networks  # each call's buffers freed once, after the case's sliding window
         assert p.describe()["backend"] == "constant"
     finally:
         BACKENDS.pop("constant")
