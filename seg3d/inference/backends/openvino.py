@@ -314,11 +314,13 @@ class OpenVinoNetwork:
 
     def release(self) -> None:
         """Drop the inference request and the buffers it holds (the output, 495 MB for 118 classes and a
-        64x128x128 window); the next call makes a new one. The predictor calls this after each case's sliding
+        64x128x128 window) and the compiled network's intermediate memory (``release_memory``); the next call
+        makes a new request and the runtime reallocates. The predictor calls this after each case's sliding
         window, so that the revert to the input grid does not stack on the runtime's buffers: the large CT's
-        peak fell from 3.15 to 2.81 GB (torch: 3.01 GB; benchmarks/RESULTS.md, large CT). Outputs returned
-        earlier must not be used after it."""
+        revert peaked at 2.05 GB instead of 3.15 GB (torch: 1.60 GB; its network stage 3.01 GB;
+        benchmarks/RESULTS.md, large CT). Outputs returned earlier must not be used after it."""
         self._request = None
+        self.compiled.release_memory()  # the compiled network's intermediate buffers, reallocated when needed
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.detach().to("cpu", torch.float32).contiguous()
