@@ -28,6 +28,7 @@ from seg3d.inference.network_call import NetworkCall, as_network_calls
 _CPU_BATCH_VOXELS = 64 * 64 * 64
 _CPU_MIN_BATCH = 2
 _GPU_BATCH_VOXELS = 8 * 128 * 128 * 128
+_FLIP_CHUNK_VOXELS = 2**24  # values of a mirrored window flipped at once (64 MB in float32)
 
 
 def window_starts(size: int, patch: int, step: float) -> list[int]:
@@ -199,7 +200,16 @@ def _accumulate(acc: torch.Tensor, probs: torch.Tensor, items, patch3, gauss: to
         per_window = probs.device != acc.device
     if not per_window:
         for i, (start, c) in enumerate(items):
-            window(start).addcmul_(unmirrored(i, c), gauss)
+            w = window(start)
+            if not c:
+                w.addcmul_(probs[i], gauss)
+                continue
+            # a mirrored item is flipped a few classes at a time: flip() copies, and a whole 118-class window is
+            # 495 MB on top of the runtime's buffers (large CT with TTA: the process's peak)
+            step = max(1, _FLIP_CHUNK_VOXELS // max(1, int(probs[i, 0].numel())))
+            dims = [a + 1 for a in c]
+            for k0 in range(0, probs.shape[1], step):
+                w[k0:k0 + step].addcmul_(probs[i, k0:k0 + step].flip(dims), gauss)
         return
     # accumulator on the CPU for a volume too large for the GPU: sum a window's mirrorings on the device,
     # then one copy per window

@@ -183,11 +183,15 @@ def test_bf16_pointwise_network_matches_whole_image_softmax_at_bf16_tolerance():
     torch.testing.assert_close(probs, _full_softmax(net, x), atol=3e-2, rtol=0)
 
 
-def test_per_window_accumulation_equals_per_item():
-    """The two ways of adding a batch into the accumulator (in place per item; summed per window first, as
-    when the accumulator lives on the CPU and the network on a GPU) give the same result, windows and
-    mirrorings mixed in one batch."""
+@pytest.mark.parametrize("flip_chunk", [2**24, 2 * 4 * 6 * 5])
+def test_per_window_accumulation_equals_per_item(monkeypatch, flip_chunk):
+    """The two ways of adding a batch into the accumulator (in place per item, mirrored items flipped a few
+    classes at a time; summed per window first, as when the accumulator lives on the CPU and the network on a
+    GPU) give the same result, windows and mirrorings mixed in one batch."""
+    from seg3d.inference import sliding_window
     from seg3d.inference.sliding_window import _accumulate, window_items
+
+    monkeypatch.setattr(sliding_window, "_FLIP_CHUNK_VOXELS", flip_chunk)  # 2 of the 3 classes per flip
 
     torch.manual_seed(2)
     patch = (4, 6, 5)
