@@ -114,10 +114,10 @@ def sliding_window_predict(networks: NetworkCall | Sequence[NetworkCall], data, 
                     acc_dev = _accumulator_device(accumulate_on, device, probs.shape[1], padded)
                     acc = torch.zeros((probs.shape[1], *padded), dtype=torch.float32, device=acc_dev)
                     weight = torch.zeros(padded, dtype=torch.float32, device=acc_dev)
-                    g_acc = gauss.to(acc_dev)
+                    g_weight = gauss.to(acc_dev) * len(nets)  # each item adds every network's probabilities
                 _accumulate(acc, probs, batch, patch3, gauss)
             for start, _ in batch:
-                weight[tuple(slice(a, a + p) for a, p in zip(start, patch3))] += g_acc * len(nets)
+                weight[tuple(slice(a, a + p) for a, p in zip(start, patch3))] += g_weight
     acc /= weight
     if padded != tuple(s.stop - s.start for s in inner):
         acc = acc[(slice(None), *inner)].contiguous()

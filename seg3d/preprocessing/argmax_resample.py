@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from seg3d.preprocessing.resample import interp_axis, source_coords
+from seg3d.preprocessing.resample import interp_axis, resample_rows, source_coords
 
 MARGIN = 1e-5  # relative to max(1, |bound|): covers float32 rounding of up to three lerps
 
@@ -138,22 +138,11 @@ def _resolve_uncertain(block, cand, lo: int, lo_c: int, start: int, index, axes:
 
 
 def _all_candidates(probs, classes: list[int], start: int, stop: int, dst, modes, idx_dtype):
-    """The slab with every class in ``classes`` interpolated at every voxel (bilinear in-plane in one
-    ``F.interpolate`` call; the same coordinates as :func:`interp_axis`, float rounding may differ)."""
+    """The slab with every class in ``classes`` interpolated at every voxel (:func:`resample_rows`: bilinear
+    in-plane in one ``F.interpolate`` call, float rounding may differ from :func:`interp_axis`), running argmax."""
     import torch
-    import torch.nn.functional as F
 
-    x = interp_axis(probs, 1, dst[0], modes[0], start, stop)
-    if len(classes) < x.shape[0]:
-        x = x[classes]
-    if x.dtype not in (torch.float32, torch.float64):
-        x = x.float()
-    if list(modes[1:]) == ["linear", "linear"] and tuple(x.shape[2:]) != tuple(dst[1:]):
-        x = F.interpolate(x.transpose(0, 1), size=tuple(dst[1:]), mode="bilinear",
-                          align_corners=False).transpose(0, 1)
-    else:
-        for a in (1, 2):
-            x = interp_axis(x, a + 1, dst[a], modes[a])
+    x = resample_rows(probs, dst, modes, start, stop, channels=classes, keep_float64=True)
     best = x[0].clone()
     index = torch.full(x.shape[1:], classes[0], dtype=idx_dtype, device=x.device)
     for j in range(1, len(classes)):

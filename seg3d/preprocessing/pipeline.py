@@ -19,9 +19,9 @@ from seg3d.preprocessing.normalize import normalize
 from seg3d.preprocessing.resample import (
     anisotropic_axis,
     axis_modes,
-    interp_axis,
     resample_image,
     resample_labels,
+    resample_rows,
     target_shape,
 )
 
@@ -138,30 +138,14 @@ def preprocess_case(data: np.ndarray, geometry: Geometry, plan, config, seg: np.
 
 def _slabs(probs, props: CaseProperties, aniso: int | None, slab_bytes: int):
     """Yield ``(start, stop, probs on the cropped grid for rows [start, stop) of axis 0)`` as float32."""
-    import torch
-    import torch.nn.functional as F
-
-    src, dst = props.shape_after_resample, props.shape_after_crop
-    if tuple(probs.shape[1:]) != tuple(src):
-        raise Seg3dError(f"probabilities of shape {tuple(probs.shape[1:])} do not match the preprocessed "
-                         f"shape {tuple(src)}")
+    dst = props.shape_after_crop
     modes = axis_modes(len(dst), aniso)
     k = probs.shape[0]
     row = 3 * k * int(np.prod(dst[1:])) * 4  # output rows plus the two interpolation operands
     n = max(1, slab_bytes // max(row, 1))
     for start in range(0, dst[0], n):
         stop = min(dst[0], start + n)
-        x = interp_axis(probs, 1, dst[0], modes[0], start, stop)
-        if x.dtype != torch.float32:
-            x = x.float()
-        if len(dst) == 3 and modes[1:] == ["linear", "linear"] and tuple(x.shape[2:]) != tuple(dst[1:]):
-            # in-plane bilinear in one optimised call (slab rows as the batch); same coordinates as interp_axis
-            x = F.interpolate(x.transpose(0, 1), size=tuple(dst[1:]), mode="bilinear",
-                              align_corners=False).transpose(0, 1)
-        else:
-            for a in range(1, len(dst)):
-                x = interp_axis(x, a + 1, dst[a], modes[a])
-        yield start, stop, x
+        yield start, stop, resample_rows(probs, dst, modes, start, stop)
 
 
 def revert_to_original(probs, props: CaseProperties, plan, config, out: str = "labels",
@@ -187,11 +171,11 @@ def revert_to_original(probs, props: CaseProperties, plan, config, out: str = "l
         result = np.zeros((k, *props.shape_canonical), dtype=probs_dtype)
         result[0] = 1
     inner = tuple(slice(lo, hi) for lo, hi in b[1:])
+    if tuple(probs.shape[1:]) != tuple(props.shape_after_resample):
+        raise Seg3dError(f"probabilities of shape {tuple(probs.shape[1:])} do not match the preprocessed "
+                         f"shape {tuple(props.shape_after_resample)}")
     dst = props.shape_after_crop
     if out == "labels" and len(dst) == 3:
-        if tuple(probs.shape[1:]) != tuple(props.shape_after_resample):
-            raise Seg3dError(f"probabilities of shape {tuple(probs.shape[1:])} do not match the preprocessed "
-                             f"shape {tuple(props.shape_after_resample)}")
         for start, stop, idx in argmax_slabs(probs, dst, axis_modes(3, aniso), slab_bytes):
             rows = slice(b[0][0] + start, b[0][0] + stop)
             result[(rows, *inner)] = idx.cpu().numpy().astype(dtype)

@@ -72,6 +72,33 @@ def interp_axis(x, axis: int, n_out: int, mode: str = "linear", start: int = 0, 
     return a.lerp_(b, w.to(device=x.device, dtype=a.dtype).reshape(shape))
 
 
+def resample_rows(x, out_shape, modes, start: int, stop: int, channels: list[int] | None = None,
+                  keep_float64: bool = False):
+    """Rows ``[start, stop)`` along the first spatial axis of ``x`` ``(C, *spatial)`` resampled to ``out_shape``
+    -> ``(C', stop - start, *out_shape[1:])`` float32 (float64 stays float64 with ``keep_float64``).
+
+    ``modes``: ``"linear"``/``"nearest"`` per spatial axis (:func:`interp_axis`). ``channels``: only these
+    channels, picked after the first axis and before the in-plane work. When both in-plane axes of a 3D grid are
+    linear they are resampled in one ``F.interpolate`` call (the rows as its batch): the same coordinates as
+    :func:`interp_axis`, float rounding may differ.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    x = interp_axis(x, 1, out_shape[0], modes[0], start, stop)
+    if channels is not None and len(channels) < x.shape[0]:
+        x = x[channels]
+    if not (x.dtype == torch.float32 or (keep_float64 and x.dtype == torch.float64)):
+        x = x.float()
+    in_plane = tuple(out_shape[1:])
+    if len(out_shape) == 3 and list(modes[1:]) == ["linear", "linear"] and tuple(x.shape[2:]) != in_plane:
+        return F.interpolate(x.transpose(0, 1), size=in_plane, mode="bilinear",
+                             align_corners=False).transpose(0, 1)
+    for a in range(1, len(out_shape)):
+        x = interp_axis(x, a + 1, out_shape[a], modes[a])
+    return x
+
+
 def axis_modes(ndim: int, aniso: int | None) -> list[str]:
     return ["nearest" if a == aniso else "linear" for a in range(ndim)]
 
